@@ -1,0 +1,192 @@
+"""The stages of the main job, each writing into the run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import jax
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from tensorboardX import SummaryWriter
+
+from recovla_jax.diagnosis.descriptor import RecoveryDescriptor, oracle_descriptor
+from recovla_jax.evaluation.recovery import evaluate_recovery
+from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
+from recovla_jax.policies.bc import load_or_train_base_policy
+from recovla_jax.rewards.library import component_names
+from recovla_jax.sim.randomization import DomainRandomization
+from recovla_jax.sim.wrappers import wrap_batched
+from recovla_jax.tasks import get_task
+from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh, train
+from recovla_jax.training.residual_env import ResidualEnv
+from recovla_jax.utils.jax_setup import device_summary, on_accelerator, package_versions
+
+console = Console()
+
+
+def log(msg: str) -> None:
+    if jax.process_index() == 0:
+        console.print(msg)
+
+
+def resolve_defaults(args: argparse.Namespace) -> dict:
+    accel = on_accelerator()
+    return {
+        "num_envs": args.num_envs or (4096 if accel else 128),
+        "timesteps": args.timesteps or (20_000_000 if accel else 250_000),
+        "candidates": args.candidates or (8192 if accel else 1024),
+    }
+
+
+def run_pipeline(args: argparse.Namespace) -> Path:
+    t_start = time.time()
+    d = resolve_defaults(args)
+    task = get_task(args.task, {"episode_length": args.episode_length})
+    run_dir = Path(args.run_dir or f"runs/{task.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if run_dir.exists() and not args.resume and any(run_dir.iterdir()):
+        raise SystemExit(f"run directory {run_dir} exists and is not empty; pass --resume or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {**vars(args), **d, "device": device_summary(), "versions": package_versions()}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    log(f"[bold]recovla-jax[/] task={task.name} run_dir={run_dir} device={config['device']['platform']} "
+        f"x{config['device']['device_count']} envs={d['num_envs']} timesteps/policy={d['timesteps']:,}")
+
+    # 1. frozen base policy (cached)
+    base = load_or_train_base_policy(task, log=log)
+
+    # 2. failure bank
+    if args.bank_dir:
+        bank = FailureBank.load(Path(args.bank_dir))
+        log(f"failure bank: loaded {len(bank)} states from {args.bank_dir}")
+    elif (run_dir / "bank" / "bank.npz").exists():
+        bank = FailureBank.load(run_dir / "bank")
+        log(f"failure bank: reusing {len(bank)} states in {run_dir / 'bank'}")
+    else:
+        bank = collect_failure_bank(task, base, BankConfig(candidates_per_mode=d["candidates"], seed=args.seed), log=log)
+        if jax.process_index() == 0:
+            bank.save(run_dir / "bank")
+    counts = bank.counts()
+    usable = [m for m in task.failure_modes if counts[m]["train"] > 0 and counts[m]["heldout"] > 0]
+    for m in task.failure_modes:
+        if m not in usable:
+            log(f"[yellow]failure mode {m}: no base failures collected ({counts[m]}); it is skipped[/]")
+    if not usable:
+        raise SystemExit("the base policy recovered from every injected failure: nothing to train on")
+
+    # 3. diagnosis (oracle until the VLM selectors land) and 4. reward compilation
+    log("diagnosis: selector=oracle (privileged simulator labels) - the VLM selector is not built yet")
+    descriptors: dict[str, RecoveryDescriptor] = {}
+    for m in task.failure_modes:
+        sel = bank.select(m)
+        stage_counts = Counter(int(s) for s in sel.arrays["stage"])
+        stage = task.recovery_stages[stage_counts.most_common(1)[0][0]] if stage_counts else task.recovery_stages[0]
+        desc = oracle_descriptor(task, m, stage)
+        if args.residual_penalty is not None:
+            desc.reward_mask["residual_magnitude"] = args.residual_penalty
+        descriptors[m] = desc
+    weights = np.stack([descriptors[m].validate_for(task) for m in task.failure_modes])
+    (run_dir / "descriptors.json").write_text(json.dumps({m: d_.model_dump() for m, d_ in descriptors.items()}, indent=2))
+
+    # 5. residual PPO
+    randomization = None if args.no_randomization else DomainRandomization()
+    ppo_cfg = PPOConfig(num_envs=d["num_envs"], unroll_length=args.unroll_length, total_timesteps=d["timesteps"],
+                        seed=args.seed, checkpoint_every=args.checkpoint_every, learning_rate=args.learning_rate,
+                        entropy_coef=args.entropy_coef)
+    mesh = make_mesh() if jax.device_count() > 1 else None
+    groups = {m: [m] for m in usable} if args.policy == "per-mode" else {"conditioned": usable}
+    metrics_path = run_dir / "metrics.jsonl"
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if jax.process_index() == 0 else None
+    results: dict = {"task": task.name, "policy": args.policy, "selector": "oracle", "modes": {}, "curves": {}}
+    actors = {}
+    for name, modes in groups.items():
+        train_bank = _merge([bank.select(m, "train") for m in modes])
+        env = ResidualEnv(task, base, train_bank, weights, alpha=args.alpha)
+        batched = wrap_batched(env, ppo_cfg.num_envs, args.episode_length, rng=jax.random.PRNGKey(args.seed + 1),
+                               randomization=randomization)
+        trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
+        curve = []
+        with _progress(name, ppo_cfg.num_iterations) as (progress, bar):
+            def on_metrics(it: int, m: dict, _name=name, _bar=bar, _curve=curve) -> None:
+                _curve.append(m)
+                progress.update(_bar, completed=it, sps=m["sps"], ret=m.get("episode/sum_reward", float("nan")),
+                                succ=m.get("episode/success", float("nan")))
+                if writer is not None:
+                    for k, v in m.items():
+                        writer.add_scalar(f"{_name}/{k}", v, m["env_steps"])
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps({"policy": _name, **m}) + "\n")
+
+            log(f"training residual '{name}' on {len(train_bank)} failure states "
+                f"({ppo_cfg.num_iterations} iterations; the first compiles the training step)")
+            ts, _ = train(trainer, ppo_cfg, resume=args.resume, checkpoint_dir=run_dir / "checkpoints" / name,
+                          on_metrics=on_metrics)
+        actors[name] = trainer.deterministic_actor(ts)
+        results["curves"][name] = curve
+
+    # 6. evaluation on held-out failure states
+    eval_random = None if args.no_randomization else DomainRandomization()
+    for m in usable:
+        held = bank.select(m, "heldout")
+        env = ResidualEnv(task, base, held, weights, alpha=args.alpha)
+        actor = actors[m if args.policy == "per-mode" else "conditioned"]
+        base_alone = evaluate_recovery(env, None, args.episode_length, seed=10_000 + args.seed, randomization=eval_random)
+        recovla = evaluate_recovery(env, actor, args.episode_length, seed=10_000 + args.seed, randomization=eval_random)
+        results["modes"][m] = {"descriptor": descriptors[m].model_dump(), "base": base_alone, "recovla": recovla,
+                               "train_states": counts[m]["train"], "heldout_states": counts[m]["heldout"]}
+        log(f"eval {m}: base alone {_fmt(base_alone)}  ReCoVLA {_fmt(recovla)}")
+    rates = [results["modes"][m]["recovla"]["rate"] for m in usable]
+    base_rates = [results["modes"][m]["base"]["rate"] for m in usable]
+    results["average"] = {"recovla": float(np.mean(rates)), "base": float(np.mean(base_rates))}
+    results["bank"] = {"counts": counts, "collection": bank.meta.get("collection", {})}
+    results["base_policy"] = {"name": base.name, "nominal_success": base.info.get("nominal_success")}
+    results["wall_seconds"] = time.time() - t_start
+    results["target"] = {"average_recovery": 0.8, "met": results["average"]["recovla"] >= 0.8}
+    if jax.process_index() == 0:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+        from experiments.summary import write_learning_curves, write_summary
+
+        write_learning_curves(results["curves"], run_dir / "learning_curves.png")
+        write_summary(results, config, run_dir / "summary.md")
+        if writer is not None:
+            writer.close()
+    log(f"[bold green]done[/] in {results['wall_seconds'] / 60:.1f} min: average recovery "
+        f"{results['average']['recovla']:.1%} (base alone {results['average']['base']:.1%}); see {run_dir}/summary.md")
+    return run_dir
+
+
+def _merge(banks: list[FailureBank]) -> FailureBank:
+    first = banks[0]
+    arrays = {k: np.concatenate([b.arrays[k] for b in banks]) for k in first.arrays}
+    return FailureBank(first.task, first.modes, first.stages, arrays, first.meta)
+
+
+def _fmt(r: dict) -> str:
+    return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] n={r['trials']}"
+
+
+class _progress:
+    """A rich progress bar showing env steps/s, mean episode return and success rate."""
+
+    def __init__(self, name: str, total: int):
+        self.progress = Progress(
+            TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[sps]:>8.0f} steps/s"), TextColumn("return {task.fields[ret]:7.2f}"),
+            TextColumn("success {task.fields[succ]:5.1%}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, disable=jax.process_index() != 0,
+        )
+        self.total = total
+
+    def __enter__(self):
+        self.progress.start()
+        bar = self.progress.add_task(self.total, total=self.total, sps=0.0, ret=float("nan"), succ=float("nan"))
+        return self.progress, bar
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False

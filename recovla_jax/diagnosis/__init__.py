@@ -1,0 +1,1 @@
+"""Failure diagnosis: the RecoveryDescriptor schema and the selectors that produce it."""

@@ -1,0 +1,1 @@
+"""Success statistics with confidence intervals, and batched policy rollouts."""

@@ -1,0 +1,1 @@
+"""Perturbation injection and the failure bank (collect, label, filter, split, save, load)."""

@@ -1,0 +1,139 @@
+"""Collect off-nominal states where the frozen base policy really fails.
+
+For each failure mode: roll the base policy out from nominal resets, fire the mode's injector at a
+sampled step inside the mode's window, label the resulting state from simulator state alone (the label
+may disagree with the injector: such states are dropped and counted), then roll the base policy on from
+that state. A state enters the bank only if its label matches and the base policy fails from it, so
+every bank state is a real failure of the base. The bank is split into train and held-out states.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from recovla_jax.evaluation.rollout import rollout_success
+from recovla_jax.policies.base_policy import BasePolicy
+from recovla_jax.sim.env import TaskEnv
+from recovla_jax.tasks.base import Task
+from recovla_jax.utils.jax_setup import package_versions
+
+STATE_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")
+
+
+class BankConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidates_per_mode: int = Field(1024, ge=8)
+    test_steps: int = Field(100, ge=1, description="base-policy steps from the failure state that must not succeed")
+    heldout_fraction: float = Field(0.4, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+@dataclass
+class FailureBank:
+    """Arrays over states (leading axis) plus metadata; `split` is 0 = train, 1 = held-out."""
+
+    task: str
+    modes: tuple[str, ...]
+    stages: tuple[str, ...]
+    arrays: dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.arrays["mode"].shape[0])
+
+    def select(self, mode: str | None = None, split: str | None = None) -> "FailureBank":
+        keep = np.ones(len(self), bool)
+        if mode is not None:
+            keep &= self.arrays["mode"] == self.modes.index(mode)
+        if split is not None:
+            keep &= self.arrays["split"] == {"train": 0, "heldout": 1}[split]
+        return FailureBank(self.task, self.modes, self.stages, {k: v[keep] for k, v in self.arrays.items()}, self.meta)
+
+    def counts(self) -> dict:
+        out = {}
+        for i, m in enumerate(self.modes):
+            sel = self.arrays["mode"] == i
+            out[m] = {"train": int(np.sum(sel & (self.arrays["split"] == 0))), "heldout": int(np.sum(sel & (self.arrays["split"] == 1)))}
+        return out
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(directory / "bank.npz", **self.arrays)
+        meta = {**self.meta, "task": self.task, "modes": list(self.modes), "stages": list(self.stages), "counts": self.counts()}
+        (directory / "bank.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> "FailureBank":
+        directory = Path(directory)
+        meta = json.loads((directory / "bank.json").read_text())
+        with np.load(directory / "bank.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls(meta["task"], tuple(meta["modes"]), tuple(meta["stages"]), arrays, meta)
+
+
+def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=print) -> FailureBank:
+    """Inject, label, filter by base failure and split, for every failure mode of `task`."""
+    env = TaskEnv(task)
+    n = cfg.candidates_per_mode
+    priv_fn = jax.vmap(task.privileged, in_axes=(None, 0))
+    window_hi = max(hi for _, hi in task.injection_windows.values())
+
+    @jax.jit
+    def candidates(key, mode, lo, hi):
+        k_reset, k_t, k_inj, k_test = jax.random.split(key, 4)
+        state = jax.vmap(env.reset)(jax.random.split(k_reset, n))
+        t_inject = jax.random.randint(k_t, (n,), lo, hi + 1)
+
+        def body(carry, t):
+            s, snap = carry
+            snap = jax.tree.map(lambda a, b: jnp.where((t == t_inject).reshape((-1,) + (1,) * (a.ndim - 1)), a, b), s.pipeline_state, snap)
+            s = jax.vmap(env.step)(s, base(s.obs))
+            return (s, snap), None
+
+        (_, snap), _ = jax.lax.scan(body, (state, state.pipeline_state), jnp.arange(window_hi + 1))
+        injected = jax.vmap(task.inject, in_axes=(None, 0, None, 0))(env.sys, snap, mode, jax.random.split(k_inj, n))
+        label, stage = jax.vmap(task.label)(priv_fn(env.sys, injected))
+        start = jax.vmap(env.state_from_data)(injected, jax.random.split(k_test, n))
+        result = rollout_success(env, lambda obs, priv, k: base(obs), start, cfg.test_steps, k_test)
+        finite = jnp.all(jnp.isfinite(injected.qpos), axis=-1)
+        fields = {name: getattr(injected, name) for name in STATE_FIELDS}
+        return fields, start.obs, label, stage, result["success"], finite, t_inject
+
+    rng = np.random.default_rng(cfg.seed)
+    chunks, stats = [], {}
+    for m, mode in enumerate(task.failure_modes):
+        lo, hi = task.injection_windows[mode]
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), m)
+        fields, obs, label, stage, base_ok, finite, t_inject = jax.device_get(candidates(key, m, lo, hi))
+        matched = (label == m) & finite
+        keep = matched & ~base_ok
+        stats[mode] = {
+            "candidates": int(n),
+            "label_matches_injector": int(matched.sum()),
+            "base_recovers_by_itself": int((matched & base_ok).sum()),
+            "kept_base_failures": int(keep.sum()),
+            "label_histogram": {("none" if k < 0 else task.failure_modes[k]): int(np.sum(label == k)) for k in np.unique(label)},
+        }
+        log(f"failure bank: {mode}: {n} injected, {matched.sum()} labelled {mode}, base recovers from "
+            f"{(matched & base_ok).sum()} of those, kept {keep.sum()} base failures")
+        idx = np.flatnonzero(keep)
+        split = np.zeros(len(idx), np.int32)
+        heldout = rng.permutation(len(idx))[: int(round(len(idx) * cfg.heldout_fraction))]
+        split[heldout] = 1
+        chunk = {name: fields[name][idx] for name in STATE_FIELDS}
+        chunk.update(obs=obs[idx], mode=np.full(len(idx), m, np.int32), stage=stage[idx].astype(np.int32),
+                     split=split, t_inject=t_inject[idx].astype(np.int32))
+        chunks.append(chunk)
+    arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    meta = {"seed": cfg.seed, "config": cfg.model_dump(), "base_policy": base.name, "collection": stats,
+            "versions": package_versions()}
+    return FailureBank(task.name, tuple(task.failure_modes), tuple(task.recovery_stages), arrays, meta)

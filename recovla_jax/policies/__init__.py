@@ -1,0 +1,1 @@
+"""Flax networks, the frozen base-policy interface, and the behaviour-cloning trainer."""

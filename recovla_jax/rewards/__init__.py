@@ -1,0 +1,1 @@
+"""Reward components (named, documented, pure JAX) and the mask compiler."""

@@ -1,0 +1,38 @@
+"""The reward component library: task terms plus terms shared by every task.
+
+Every term is a raw, documented quantity with a known range; a reward is a weighted sum of them
+(the MuJoCo Playground habit: a dict of raw terms times scales). Each term is logged on its own during
+training, so a user sees which one drives learning.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from mujoco import mjx
+
+from recovla_jax.tasks.base import Task
+
+SHARED_COMPONENTS: dict[str, str] = {
+    "success": "{0,1} task success predicate",
+    "action_magnitude": "[-1,0] -|a|^2 / 7 of the executed action",
+    "residual_magnitude": "[-1,0] -|r|^2 / 7 of the residual correction (0 without a residual)",
+}
+
+
+def component_names(task: Task) -> tuple[str, ...]:
+    """The fixed order of a task's components: the weight vector's axis."""
+    return tuple(task.reward_component_descriptions) + tuple(SHARED_COMPONENTS)
+
+
+def component_descriptions(task: Task) -> dict[str, str]:
+    return {**task.reward_component_descriptions, **SHARED_COMPONENTS}
+
+
+def reward_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray, info: dict) -> dict[str, jnp.ndarray]:
+    """All raw terms, in `component_names` order."""
+    terms = dict(task.reward_terms(model, prev, data, action))
+    residual = info.get("residual", jnp.zeros_like(action))
+    terms["success"] = task.success(model, data).astype(jnp.float32)
+    terms["action_magnitude"] = -jnp.sum(action**2) / action.shape[-1]
+    terms["residual_magnitude"] = -jnp.sum(residual**2) / residual.shape[-1]
+    return {name: jnp.asarray(terms[name], jnp.float32) for name in component_names(task)}

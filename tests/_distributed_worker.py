@@ -71,6 +71,18 @@ def main() -> None:
         "reward_mean": [h["reward_mean"] for h in hist],
         "iteration": int(ts.iteration),
     }
+    if ckpt_dir is not None and mode == "dist":
+        # Every process restores the final checkpoint into the sharded layout; it must equal the live state.
+        import numpy as np
+
+        from recovla_jax.utils.checkpoint import CheckpointStore
+
+        store = CheckpointStore(ckpt_dir)
+        step, host = store.restore(trainer.host_like())
+        store.close()
+        live, back = trainer.to_host(ts), trainer.to_host(trainer.from_host(host))
+        out["restore_step"] = int(step)
+        out["restore_ok"] = all(np.array_equal(live[k], back[k]) for k in live)
     print("RESULT:" + json.dumps(out), flush=True)
     if mode == "dist":
         jax.distributed.shutdown()

@@ -89,7 +89,7 @@ def test_domain_randomization_gives_per_env_models(drawer_env):
     from recovla_jax.sim.randomization import DomainRandomization, batched_models
 
     models, in_axes = batched_models(drawer_env.sys, jax.random.PRNGKey(0), 4, DomainRandomization())
-    assert models.geom_friction.shape[0] == 4 and in_axes.geom_friction == 0 and in_axes.opt is None
+    assert models.geom_friction.shape[0] == 4 and in_axes.geom_friction == 0 and in_axes.body_pos is None
     f = np.asarray(models.geom_friction[:, 0, 0])
     assert len(np.unique(f)) == 4 and np.all((f >= 0.7) & (f <= 1.3))
     kp = np.asarray(models.actuator_gainprm[:, 0, 0])

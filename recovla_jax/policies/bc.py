@@ -1,9 +1,8 @@
 """Behaviour cloning of the scripted expert into the frozen base policy (the stand-in for a VLA).
 
-Demonstrations come from nominal episodes only. Half of the demo envs execute the expert's action plus
-Gaussian noise (DART-style) while recording the expert's clean label, so the clone sees the small
-deviations it will itself cause; it never sees perturbation-induced failures, which is exactly why it is
-brittle off-nominal. The trained policy is cached on disk keyed by a hash of the task, its scene and this
+Demonstrations come from nominal episodes only (optionally with DART-style action noise on a fraction of
+the demo envs, labelled with the expert's clean action); the clone never sees perturbation-induced
+failures, which is exactly why it is brittle off-nominal. The trained policy is cached on disk keyed by a hash of the task, its scene and this
 config: the second run loads it instead of training.
 """
 
@@ -35,11 +34,15 @@ CACHE_FORMAT = 1
 class BCConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    demo_envs: int = Field(512, ge=8)
+    demo_envs: int = Field(256, ge=8)
     noise_std: float = Field(0.3, ge=0.0)
-    noisy_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    # Clean nominal demonstrations by default, like the fine-tuning data of a VLA. DART-style noise
+    # (noisy_fraction > 0) teaches the clone the expert's reactive corrections: measured on drawer with
+    # noisy_fraction=0.5, the clone recovered from 99% of injected failures, i.e. it was no longer a
+    # brittle base policy, while with clean demos it fails on 15-25% of them (see the issue notes).
+    noisy_fraction: float = Field(0.0, ge=0.0, le=1.0)
     hidden: tuple[int, ...] = (256, 256)
-    train_steps: int = Field(6000, ge=1)
+    train_steps: int = Field(3000, ge=1)
     batch_size: int = Field(2048, ge=16)
     learning_rate: float = Field(1e-3, gt=0.0)
     eval_envs: int = Field(256, ge=8)

@@ -2,7 +2,7 @@
 
 One control step = action -> actuator targets -> `n_substeps` physics steps (a `lax.scan`, so the traced
 graph holds one MJX step, not n) -> observation, reward, success. A NaN/Inf in the physics state is
-caught here: the step's result is discarded (the previous state is kept), `done` is raised so brax's
+caught here: the step's result is discarded (the previous state is kept, at rest), `done` is raised so brax's
 auto-reset wrapper resets that env, and `metrics["nan_reset"]` counts it, so a NaN never reaches the
 observation, the reward or the learner.
 """
@@ -80,8 +80,10 @@ class TaskEnv(Env):
         prev = state.pipeline_state
         data = self.physics_step(prev, action)
         bad = ~(jnp.all(jnp.isfinite(data.qpos)) & jnp.all(jnp.isfinite(data.qvel)))
-        data = jax.tree.map(lambda old, new: jnp.where(bad, old, new), prev, data)
+        fallback = prev.replace(qvel=jnp.zeros_like(prev.qvel))
+        data = jax.tree.map(lambda old, new: jnp.where(bad, old, new), fallback, data)
         obs = self.task.observe(self.sys, data)
+        obs = jnp.where(bad, jnp.nan_to_num(obs, nan=0.0, posinf=0.0, neginf=0.0), obs)
         success = self.task.success(self.sys, data)
         metrics = dict(state.metrics)
         if self.reward_fn is None:

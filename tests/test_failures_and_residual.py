@@ -1,0 +1,74 @@
+"""Failure bank collection/round-trip, and the residual env reproducing the base policy at init."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recovla_jax.failures.bank import STATE_FIELDS, BankConfig, FailureBank, collect_failure_bank
+from recovla_jax.rewards.library import component_names
+from recovla_jax.training.ppo import PPOConfig, PPOTrainer
+from recovla_jax.training.residual_env import ResidualEnv
+
+
+def _bank_from_resets(task, env, n=8):
+    states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(3), n))
+    arrays = {k: np.asarray(getattr(states.pipeline_state, k)) for k in STATE_FIELDS}
+    arrays.update(obs=np.asarray(states.obs), mode=np.arange(n, dtype=np.int32) % 3, stage=np.zeros(n, np.int32),
+                  split=(np.arange(n) % 2).astype(np.int32), t_inject=np.zeros(n, np.int32))
+    return FailureBank(task.name, task.failure_modes, task.recovery_stages, arrays, {"seed": 3})
+
+
+def test_bank_save_load_round_trip(tmp_path, drawer_task, drawer_env):
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    bank.save(tmp_path / "bank")
+    again = FailureBank.load(tmp_path / "bank")
+    assert again.modes == bank.modes and again.counts() == bank.counts()
+    for k in bank.arrays:
+        np.testing.assert_array_equal(again.arrays[k], bank.arrays[k])
+    assert bank.counts()["missed_handle"] == {"train": 2, "heldout": 1}
+    assert len(bank.select("slipped_off", "heldout")) == 2
+
+
+def test_collected_failures_are_labelled_base_failures(drawer_task, drawer_base_policy):
+    bank = collect_failure_bank(drawer_task, drawer_base_policy, BankConfig(candidates_per_mode=32, test_steps=60))
+    stats = bank.meta["collection"]
+    for m, mode in enumerate(drawer_task.failure_modes):
+        s = stats[mode]
+        assert sum(s["label_histogram"].values()) == s["candidates"] == 32
+        assert s["kept_base_failures"] == s["label_matches_injector"] - s["base_recovers_by_itself"]
+        assert s["kept_base_failures"] == int(np.sum(bank.arrays["mode"] == m))
+    # every kept state carries the label of its mode, computed from simulator state
+    priv = jax.vmap(drawer_task.privileged, in_axes=(None, 0))
+    assert len(bank) > 0
+    from mujoco import mjx
+
+    model = mjx.put_model(drawer_task.mj_model)
+    data = jax.vmap(lambda q, v, mp, mq, c: mjx.forward(model, drawer_task.data_template.replace(
+        qpos=q, qvel=v, mocap_pos=mp, mocap_quat=mq, ctrl=c)))(*(jnp.asarray(bank.arrays[k]) for k in STATE_FIELDS))
+    labels, _ = jax.vmap(drawer_task.label)(priv(model, data))
+    np.testing.assert_array_equal(np.asarray(labels), bank.arrays["mode"])
+
+
+def test_residual_at_init_reproduces_base_exactly(drawer_task, drawer_env, drawer_base_policy):
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    weights = np.ones((3, len(component_names(drawer_task))), np.float32)
+    env = ResidualEnv(drawer_task, drawer_base_policy, bank, weights, alpha=0.5, start_noise=0.0)
+    trainer_cfg = PPOConfig(num_envs=4, unroll_length=2, num_minibatches=1, total_timesteps=8)
+    from recovla_jax.sim.wrappers import wrap_batched
+
+    trainer = PPOTrainer(wrap_batched(env, 4, 10), trainer_cfg)
+    ts = trainer.init(jax.random.PRNGKey(0))
+    actor = trainer.deterministic_actor(ts)
+    state = jax.jit(env.reset_to)(jnp.asarray(1), jax.random.PRNGKey(0))
+    residual = actor(state.obs[None])[0]
+    assert float(jnp.abs(residual).max()) == 0.0
+    executed, _ = env.executed_action(state.obs, residual)
+    n_obs = drawer_task.observation_size
+    # executed action == the base action the residual observes, bit for bit
+    np.testing.assert_array_equal(np.asarray(executed), np.asarray(state.obs[n_obs : n_obs + 7]))
+    # ... which is the base policy's output (up to XLA fusion differences between jit and eager)
+    np.testing.assert_allclose(np.asarray(executed), np.asarray(drawer_base_policy(state.obs[:n_obs])), atol=1e-5)
+    # one env step with the zero residual equals the plain task step with the base action
+    nxt = jax.jit(env.step)(state, residual)
+    plain = jax.jit(drawer_env.step)(drawer_env.state_from_data(state.pipeline_state, state.info["rng"]), executed)
+    np.testing.assert_allclose(np.asarray(nxt.obs[:n_obs]), np.asarray(plain.obs), atol=1e-6)

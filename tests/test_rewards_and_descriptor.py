@@ -1,0 +1,71 @@
+"""Reward mask compiler and recovery descriptor."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recovla_jax.diagnosis.descriptor import DescriptorError, RecoveryDescriptor, oracle_descriptor
+from recovla_jax.rewards.compiler import RewardMaskError, compile_reward, mask_to_weights
+from recovla_jax.rewards.library import component_names
+
+
+def test_mask_validation_errors_name_valid_components(drawer_task):
+    with pytest.raises(RewardMaskError, match="unknown reward component.*'pul_drawer'.*valid components: reach_handle"):
+        mask_to_weights(drawer_task, {"pul_drawer": 1.0})
+    with pytest.raises(RewardMaskError, match="finite and >= 0"):
+        mask_to_weights(drawer_task, {"pull_drawer": -1.0})
+    with pytest.raises(RewardMaskError, match="finite and >= 0"):
+        mask_to_weights(drawer_task, {"pull_drawer": float("nan")})
+    with pytest.raises(RewardMaskError, match="empty"):
+        mask_to_weights(drawer_task, {})
+    with pytest.raises(RewardMaskError, match="selects no component"):
+        mask_to_weights(drawer_task, {"pull_drawer": 0.0})
+    w = mask_to_weights(drawer_task, {"pull_drawer": 2.0, "success": 5.0})
+    names = component_names(drawer_task)
+    assert w[names.index("pull_drawer")] == 2.0 and w[names.index("success")] == 5.0 and w.sum() == 7.0
+
+
+def test_reward_terms_in_documented_ranges(drawer_env, drawer_task):
+    fn = compile_reward(drawer_task)
+    states = jax.jit(jax.vmap(drawer_env.reset))(jax.random.split(jax.random.PRNGKey(0), 8))
+    acts = jax.random.uniform(jax.random.PRNGKey(1), (8, 7), minval=-1, maxval=1)
+    _, terms = jax.jit(jax.vmap(lambda d, a: fn(drawer_env.sys, d, d, a, {})))(states.pipeline_state, acts)
+    for name, value in terms.items():
+        v = np.asarray(value)
+        lo, hi = (-1.0, 0.0) if name in ("collision", "action_magnitude", "residual_magnitude") else (0.0, 1.0)
+        assert np.all((v >= lo - 1e-6) & (v <= hi + 1e-6)), (name, v)
+
+
+def test_changing_mask_does_not_recompile_and_per_env_masks_work(drawer_env, drawer_task):
+    fn = compile_reward(drawer_task)
+    n = len(component_names(drawer_task))
+    data = jax.jit(drawer_env.reset)(jax.random.PRNGKey(0)).pipeline_state
+    action = jnp.zeros(7)
+
+    @jax.jit
+    def reward(weights):
+        return fn(drawer_env.sys, data, data, action, {"reward_weights": weights})[0]
+
+    rng = np.random.default_rng(0)
+    masks = [rng.uniform(0, 1, n).astype(np.float32) for _ in range(10)]
+    values = [float(reward(jnp.asarray(m))) for m in masks]
+    assert reward._cache_size() == 1, "a new mask recompiled the reward function"
+    terms = np.asarray(jnp.stack(list(fn(drawer_env.sys, data, data, action, {})[1].values())))
+    np.testing.assert_allclose(values, [m @ terms for m in masks], rtol=1e-5, atol=1e-6)
+    # per-env masks in one batch: each env gets its own weighted sum
+    batch = jax.jit(jax.vmap(reward))(jnp.asarray(np.stack(masks)))
+    np.testing.assert_allclose(np.asarray(batch), values, rtol=1e-5, atol=1e-6)
+
+
+def test_descriptor_json_round_trip_and_validation(drawer_task):
+    d = oracle_descriptor(drawer_task, "slipped_off", "reach")
+    again = RecoveryDescriptor.model_validate_json(d.model_dump_json())
+    assert again == d and again.source == "oracle"
+    assert d.validate_for(drawer_task).sum() > 0
+    bad = d.model_copy(update={"failure_mode": "exploded"})
+    with pytest.raises(DescriptorError, match="unknown failure mode 'exploded'; valid: missed_handle"):
+        bad.validate_for(drawer_task)
+    bad = d.model_copy(update={"reward_mask": {"teleport": 1.0}})
+    with pytest.raises(DescriptorError, match="valid components"):
+        bad.validate_for(drawer_task)

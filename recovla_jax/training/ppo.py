@@ -378,15 +378,22 @@ class PPOTrainer:
             repl = jax.tree.map(lambda _: NamedSharding(self.mesh, P()), ts)
             ts = jax.jit(lambda x: x, out_shardings=repl)(ts)
         leaves = jax.tree_util.tree_flatten_with_path(ts)[0]
+        # Orbax cannot write zero-size arrays (MJX Data has several); `from_host` recreates them.
         return {
             jax.tree_util.keystr(path): np.asarray(x).reshape((1,) if np.ndim(x) == 0 else np.shape(x))
             for path, x in leaves
+            if np.size(x) > 0
         }
 
     def from_host(self, host: dict[str, np.ndarray]) -> TrainingState:
         """Device state from `to_host`'s dict (every process holds the full copy), laid out like `init`'s."""
         paths, treedef = jax.tree_util.tree_flatten_with_path(self._abstract_state)
-        arrays = [np.asarray(host[jax.tree_util.keystr(p)]).reshape(s.shape).astype(s.dtype) for p, s in paths]
+        arrays = [
+            np.asarray(host[jax.tree_util.keystr(p)]).reshape(s.shape).astype(s.dtype)
+            if np.prod(s.shape) > 0
+            else np.zeros(s.shape, s.dtype)
+            for p, s in paths
+        ]
         if self.mesh is None:
             leaves = [jnp.asarray(x) for x in arrays]
         else:
@@ -401,6 +408,7 @@ class PPOTrainer:
         return {
             jax.tree_util.keystr(p): np.zeros(s.shape or (1,), s.dtype)
             for p, s in jax.tree_util.tree_flatten_with_path(self._abstract_state)[0]
+            if np.prod(s.shape) > 0 or not s.shape
         }
 
 

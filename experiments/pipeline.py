@@ -114,9 +114,9 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         with _progress(name, ppo_cfg.num_iterations) as (progress, bar):
             def on_metrics(it: int, m: dict, _name=name, _bar=bar, _curve=curve) -> None:
                 _curve.append(m)
-                finished = m.get("episode/count", 0) > 0  # keep the last values when no episode ended
-                progress.update(_bar, completed=it, sps=m["sps"], **({"ret": m["episode/sum_reward"],
-                                "succ": m.get("episode/success", float("nan"))} if finished else {}))
+                progress.update(_bar, completed=it, sps=m["sps"])
+                if m.get("episode/count", 0) > 0:  # otherwise keep the last finished episodes' values
+                    progress.update(_bar, ret=m["episode/sum_reward"], succ=m.get("episode/success", float("nan")))
                 if writer is not None:
                     for k, v in m.items():
                         writer.add_scalar(f"{_name}/{k}", v, m["env_steps"])

@@ -2,8 +2,8 @@
 
 Demonstrations come from nominal episodes only (optionally with DART-style action noise on a fraction of
 the demo envs, labelled with the expert's clean action); the clone never sees perturbation-induced
-failures, which is exactly why it is brittle off-nominal. The trained policy is cached on disk keyed by a hash of the task, its scene and this
-config: the second run loads it instead of training.
+failures, which is exactly why it is brittle off-nominal. The trained policy is cached on disk keyed by
+a hash of the task, its scene and this config: the second run loads it instead of training.
 """
 
 from __future__ import annotations

@@ -111,6 +111,12 @@ class Transition(flax.struct.PyTreeNode):
     final_obs: jax.Array  # obs reached by this step before auto-reset (bootstrap target)
 
 
+def _is_stored(shape: tuple[int, ...]) -> bool:
+    """Whether a leaf goes into checkpoints: orbax cannot write zero-size arrays (MJX Data has several),
+    so those are left out and recreated as zeros by `from_host`."""
+    return int(np.prod(shape)) > 0
+
+
 def make_mesh() -> Mesh:
     """1-axis mesh ('envs') over all global devices (all processes under jax.distributed)."""
     return Mesh(np.array(jax.devices()), ("envs",))
@@ -378,11 +384,10 @@ class PPOTrainer:
             repl = jax.tree.map(lambda _: NamedSharding(self.mesh, P()), ts)
             ts = jax.jit(lambda x: x, out_shardings=repl)(ts)
         leaves = jax.tree_util.tree_flatten_with_path(ts)[0]
-        # Orbax cannot write zero-size arrays (MJX Data has several); `from_host` recreates them.
         return {
             jax.tree_util.keystr(path): np.asarray(x).reshape((1,) if np.ndim(x) == 0 else np.shape(x))
             for path, x in leaves
-            if np.size(x) > 0
+            if _is_stored(np.shape(x))
         }
 
     def from_host(self, host: dict[str, np.ndarray]) -> TrainingState:
@@ -390,7 +395,7 @@ class PPOTrainer:
         paths, treedef = jax.tree_util.tree_flatten_with_path(self._abstract_state)
         arrays = [
             np.asarray(host[jax.tree_util.keystr(p)]).reshape(s.shape).astype(s.dtype)
-            if np.prod(s.shape) > 0
+            if _is_stored(s.shape)
             else np.zeros(s.shape, s.dtype)
             for p, s in paths
         ]
@@ -408,7 +413,7 @@ class PPOTrainer:
         return {
             jax.tree_util.keystr(p): np.zeros(s.shape or (1,), s.dtype)
             for p, s in jax.tree_util.tree_flatten_with_path(self._abstract_state)[0]
-            if np.prod(s.shape) > 0 or not s.shape
+            if _is_stored(s.shape)
         }
 
 

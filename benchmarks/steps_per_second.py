@@ -15,25 +15,28 @@ is excluded from both alike. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
-from mujoco import mjx
+
+# mujoco.mjx prints "Failed to import warp" to stdout when MuJoCo Warp is absent; keep stdout pure JSON.
+with contextlib.redirect_stdout(sys.stderr):
+    from mujoco import mjx
 
 from recovla_jax.utils.jax_setup import configure_jax, device_summary, on_accelerator, package_versions
 
 
-def _time(fn, arg, min_seconds: float) -> tuple[float, int, float]:
-    """(compile+first-run seconds, calls made, seconds per call) for a jitted fn(arg), re-run on the same arg."""
+def _time(fn, args: tuple, min_seconds: float) -> tuple[float, int, float]:
+    """(compile+first-run seconds, calls made, seconds per call) for a jitted fn(*args), re-run on the same args."""
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(arg))
+    jax.block_until_ready(fn(*args))
     compile_s = time.perf_counter() - t0
     calls, t0 = 0, time.perf_counter()
     while True:
-        jax.block_until_ready(fn(arg))
+        jax.block_until_ready(fn(*args))
         calls += 1
         elapsed = time.perf_counter() - t0
         if elapsed >= min_seconds and calls >= 3:
@@ -84,15 +87,17 @@ def main(argv: list[str] | None = None) -> dict:
             return jax.lax.scan(body, state, None, length=args.unroll)
 
         def bare_replay(data, ctrls):
-            def one_env(model, d, env_ctrls):
-                def body(d, ctrl):
-                    d = d.replace(ctrl=ctrl)
-                    d = jax.lax.scan(lambda x, _: (mjx.step(model, x), None), d, None, length=task.n_substeps)[0]
-                    return d, None
+            # Same loop structure as the task step: scan over time outside, vmap over envs inside.
+            # Known problem: on 2 CPU cores with jax 0.10.2 this replay hangs (all XLA threads idle) at
+            # 1024 envs, with either loop order and with the compilation cache off; 64 and 256 run.
+            physics = jax.vmap(mjx.step, in_axes=(in_axes, 0))
 
-                return jax.lax.scan(body, d, env_ctrls)[0]
+            def body(d, ctrl):
+                d = d.replace(ctrl=ctrl)
+                d = jax.lax.scan(lambda x, _: (physics(models, x), None), d, None, length=task.n_substeps)[0]
+                return d, None
 
-            return jax.vmap(one_env, in_axes=(in_axes, 0, 1))(models, data, ctrls)
+            return jax.lax.scan(body, data, ctrls)[0]
 
         # Start both from the same mid-episode states (gripper moving, contacts live), not from rest.
         state = jax.jit(batched.reset)(keys)
@@ -100,9 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                length=args.warmup)[0])(state)
         task_fn = jax.jit(lambda s: task_rollout(s)[0].obs)
         _, ctrls = jax.jit(task_rollout)(state)
-        bare_fn = jax.jit(lambda d: bare_replay(d, ctrls).qpos)
-        bare_compile, bare_calls, bare_dt = _time(bare_fn, state.pipeline_state, args.min_seconds)
-        task_compile, task_calls, task_dt = _time(task_fn, state, args.min_seconds)
+        bare_fn = jax.jit(lambda d, c: bare_replay(d, c).qpos)
+        bare_compile, bare_calls, bare_dt = _time(bare_fn, (state.pipeline_state, ctrls), args.min_seconds)
+        task_compile, task_calls, task_dt = _time(task_fn, (state,), args.min_seconds)
         bare_sps = n * args.unroll / bare_dt
         task_sps = n * args.unroll / task_dt
         row = {

@@ -116,7 +116,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                 _curve.append(m)
                 progress.update(_bar, completed=it, sps=m["sps"])
                 if m.get("episode/count", 0) > 0:  # otherwise keep the last finished episodes' values
-                    progress.update(_bar, ret=m["episode/sum_reward"], succ=m.get("episode/success", float("nan")))
+                    progress.update(_bar, ret=m.get("episode/sum_reward", float("nan")), succ=m.get("episode/success", float("nan")))
                 if writer is not None:
                     for k, v in m.items():
                         writer.add_scalar(f"{_name}/{k}", v, m["env_steps"])

@@ -107,3 +107,18 @@ def test_scripted_expert_succeeds(drawer_env, drawer_task):
 
     ok = np.asarray(run(jax.random.PRNGKey(11)))
     assert ok.mean() >= 0.95, f"expert nominal success {ok.mean():.2%} < 95%"
+
+
+def test_randomized_batch_keeps_episode_limits_and_metrics(drawer_env):
+    """brax 0.14.2's DR wrapper skips the EpisodeWrapper; ours must not: episodes truncate under DR."""
+    from recovla_jax.sim.randomization import DomainRandomization
+    from recovla_jax.sim.wrappers import wrap_batched
+
+    env = wrap_batched(drawer_env, 2, 3, rng=jax.random.PRNGKey(0), randomization=DomainRandomization())
+    s = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(0), 2))
+    step = jax.jit(env.step)
+    for _ in range(3):
+        s = step(s, jnp.zeros((2, ACTION_SIZE)))
+    assert np.all(np.asarray(s.info["truncation"]) == 1.0) and np.all(np.asarray(s.done) == 1.0)
+    assert "sum_reward" in s.info["episode_metrics"]
+    np.testing.assert_array_equal(np.asarray(s.info["episode_metrics"]["length"]), [3.0, 3.0])

@@ -15,7 +15,8 @@ import numpy as np
 
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.sim.randomization import DomainRandomization, batched_models
-from recovla_jax.training.residual_env import ResidualEnv, using_model
+from recovla_jax.sim.wrappers import using_model
+from recovla_jax.training.residual_env import ResidualEnv
 
 
 def evaluate_recovery(

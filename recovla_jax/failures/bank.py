@@ -31,6 +31,7 @@ class BankConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     candidates_per_mode: int = Field(1024, ge=8)
+    chunk_size: int = Field(256, ge=8, description="envs per jitted collection call")
     test_steps: int = Field(100, ge=1, description="base-policy steps from the failure state that must not succeed")
     heldout_fraction: float = Field(0.4, gt=0.0, lt=1.0)
     seed: int = 0
@@ -83,7 +84,10 @@ class FailureBank:
 def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=print) -> FailureBank:
     """Inject, label, filter by base failure and split, for every failure mode of `task`."""
     env = TaskEnv(task)
-    n = cfg.candidates_per_mode
+    # Candidates are collected in chunks of `chunk_size` envs (one compiled program reused): on 2 CPU
+    # cores with jax 0.10.2 a 1024-env version of this program hung in XLA's CPU runtime (idle threads).
+    n = min(cfg.chunk_size, cfg.candidates_per_mode)
+    num_chunks = -(-cfg.candidates_per_mode // n)
     priv_fn = jax.vmap(task.privileged, in_axes=(None, 0))
     window_hi = max(hi for _, hi in task.injection_windows.values())
 
@@ -113,17 +117,20 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
     for m, mode in enumerate(task.failure_modes):
         lo, hi = task.injection_windows[mode]
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), m)
-        fields, obs, label, stage, base_ok, finite, t_inject = jax.device_get(candidates(key, m, lo, hi))
+        parts = [jax.device_get(candidates(jax.random.fold_in(key, c), m, lo, hi)) for c in range(num_chunks)]
+        fields = {name: np.concatenate([p[0][name] for p in parts]) for name in STATE_FIELDS}
+        obs, label, stage, base_ok, finite, t_inject = (np.concatenate([p[i] for p in parts]) for i in range(1, 7))
+        total = n * num_chunks
         matched = (label == m) & finite
         keep = matched & ~base_ok
         stats[mode] = {
-            "candidates": int(n),
+            "candidates": int(total),
             "label_matches_injector": int(matched.sum()),
             "base_recovers_by_itself": int((matched & base_ok).sum()),
             "kept_base_failures": int(keep.sum()),
             "label_histogram": {("none" if k < 0 else task.failure_modes[k]): int(np.sum(label == k)) for k in np.unique(label)},
         }
-        log(f"failure bank: {mode}: {n} injected, {matched.sum()} labelled {mode}, base recovers from "
+        log(f"failure bank: {mode}: {total} injected, {matched.sum()} labelled {mode}, base recovers from "
             f"{(matched & base_ok).sum()} of those, kept {keep.sum()} base failures")
         idx = np.flatnonzero(keep)
         split = np.zeros(len(idx), np.int32)

@@ -2,7 +2,7 @@
 
 Fields: geom sliding friction, body mass, joint damping and position-actuator gain (kp; the bias term
 is scaled with it so the actuator stays a position servo). Each is a multiplicative scale drawn per env
-from a configured range. The output plugs into brax's `DomainRandomizationVmapWrapper`.
+from a configured range. The output plugs into `sim.wrappers.RandomizedVmapWrapper`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def randomize_model(model: mjx.Model, rng: jax.Array, cfg: DomainRandomization) 
 
 
 def batched_models(model: mjx.Model, rng: jax.Array, num_envs: int, cfg: DomainRandomization) -> tuple[mjx.Model, mjx.Model]:
-    """(batched model, vmap in_axes) for `DomainRandomizationVmapWrapper`."""
+    """(batched model, vmap in_axes) for `sim.wrappers.RandomizedVmapWrapper`."""
     keys = jax.random.split(rng, num_envs)
     # vmap batches every output leaf, so keep only the randomized fields from it.
     fields = jax.vmap(lambda k: {n: getattr(randomize_model(model, k, cfg), n) for n in RANDOMIZED_FIELDS})(keys)

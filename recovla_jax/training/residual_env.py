@@ -9,8 +9,6 @@ residual-magnitude term sees the squashed residual. Success ends the episode.
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,14 +92,3 @@ class ResidualEnv(TaskEnv):
         inner = state.replace(obs=state.obs[: self.task_obs_size], info={**state.info, "residual": residual})
         nxt = super().step(inner, action)
         return nxt.replace(obs=self._residual_obs(nxt.obs, state.info["mode"]))
-
-
-@contextlib.contextmanager
-def using_model(env: TaskEnv, model: mjx.Model):
-    """Temporarily swap the env's model (for vmapping over per-env randomized models, as brax does)."""
-    old = env.sys
-    env.sys = model
-    try:
-        yield env
-    finally:
-        env.sys = old

@@ -24,6 +24,7 @@ from recovla_jax.sim.randomization import DomainRandomization
 from recovla_jax.sim.wrappers import wrap_batched
 from recovla_jax.tasks import get_task
 from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh, train
+from recovla_jax.training.policy_bundle import write_policy_bundle
 from recovla_jax.training.residual_env import ResidualEnv
 from recovla_jax.utils.jax_setup import device_summary, on_accelerator, package_versions
 
@@ -128,6 +129,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
             ts, _ = train(trainer, ppo_cfg, resume=args.resume, checkpoint_dir=run_dir / "checkpoints" / name,
                           on_metrics=on_metrics)
         actors[name] = trainer.deterministic_actor(ts)
+        if jax.process_index() == 0:
+            write_policy_bundle(run_dir, name, modes, task, base, env, ppo_cfg, args, descriptors)
         results["curves"][name] = curve
 
     # 6. evaluation on held-out failure states

@@ -28,15 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", choices=["per-mode", "conditioned"], default="per-mode",
                    help="one residual per failure mode (paper) or one descriptor-conditioned residual for all")
-    p.add_argument("--selector", choices=["oracle"], default="oracle",
-                   help="diagnosis backend; the VLM selectors (gemini, rules, cached) are not built yet")
+    p.add_argument("--selector", choices=["auto", "gemini", "cached", "rules", "oracle"], default="auto",
+                   help="diagnosis backend: auto = gemini when GEMINI_API_KEY/GOOGLE_API_KEY is set, else rules; "
+                        "gemini answers are cached (~/.cache/recovla-jax/vlm_cache.jsonl); cached = replay only; "
+                        "oracle = privileged simulator labels (upper bound)")
+    p.add_argument("--fallback-selector", choices=["rules", "oracle"], default="rules",
+                   help="answers a VLM reply that is unparseable, names unknown modes/components, or times out")
+    p.add_argument("--diagnose-states", type=int, default=5, help="train states per mode shown to the selector (majority vote)")
+    p.add_argument("--mask", choices=["selected", "wrong"], default="selected",
+                   help="wrong = ablation: train each mode on another mode's descriptor (what a misdiagnosis costs)")
     p.add_argument("--num-envs", type=int, default=None, help="parallel envs (default 128 on CPU, 4096 on GPU/TPU)")
     p.add_argument("--timesteps", type=int, default=None, help="env steps per policy (default 250k CPU, 20M GPU/TPU)")
     p.add_argument("--unroll-length", type=int, default=20)
     p.add_argument("--episode-length", type=int, default=100, help="control steps per recovery episode")
-    p.add_argument("--alpha", type=float, default=0.5, help="residual scale: action = clip(base + alpha*tanh(r))")
+    p.add_argument("--alpha", type=float, default=1.0, help="residual scale: action = clip(base + alpha*tanh(r))")
+    p.add_argument("--obs-noise", type=float, default=0.001, help="Gaussian observation noise std in training and evaluation")
+    p.add_argument("--latency-prob", type=float, default=0.5,
+                   help="share of episodes with one control step of action latency (training and evaluation)")
     p.add_argument("--residual-penalty", type=float, default=None, help="override the mask's residual_magnitude weight")
     p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--gamma", type=float, default=0.99, help="discount; 0.99 suits 100-step recovery episodes")
     p.add_argument("--entropy-coef", type=float, default=1e-3)
     p.add_argument("--candidates", type=int, default=None, help="injected candidates per failure mode (default 1024 CPU, 8192 GPU)")
     p.add_argument("--bank-dir", default=None, help="reuse a saved failure bank instead of collecting one")

@@ -7,7 +7,7 @@ import pytest
 
 from recovla_jax.diagnosis.descriptor import DescriptorError, RecoveryDescriptor, oracle_descriptor
 from recovla_jax.rewards.compiler import RewardMaskError, compile_reward, mask_to_weights
-from recovla_jax.rewards.library import component_names
+from recovla_jax.rewards.library import component_names, raw_terms
 
 
 def test_mask_validation_errors_name_valid_components(drawer_task):
@@ -27,14 +27,42 @@ def test_mask_validation_errors_name_valid_components(drawer_task):
 
 
 def test_reward_terms_in_documented_ranges(drawer_env, drawer_task):
-    fn = compile_reward(drawer_task)
     states = jax.jit(jax.vmap(drawer_env.reset))(jax.random.split(jax.random.PRNGKey(0), 8))
     acts = jax.random.uniform(jax.random.PRNGKey(1), (8, 7), minval=-1, maxval=1)
-    _, terms = jax.jit(jax.vmap(lambda d, a: fn(drawer_env.sys, d, d, a, {})))(states.pipeline_state, acts)
+    terms = jax.jit(jax.vmap(lambda d, a: raw_terms(drawer_task, drawer_env.sys, d, d, a, {})))(states.pipeline_state, acts)
     for name, value in terms.items():
         v = np.asarray(value)
         lo, hi = (-1.0, 0.0) if name in ("collision", "action_magnitude", "residual_magnitude") else (0.0, 1.0)
         assert np.all((v >= lo - 1e-6) & (v <= hi + 1e-6)), (name, v)
+
+
+def test_potential_terms_telescope_and_success_dominates(drawer_env, drawer_task):
+    """Shaping pays Phi(s') - Phi(s): an episode's shaping sums to Phi(end) - Phi(start), so it is bounded
+    by the potential weights and (in every oracle mask) cannot outweigh the success bonus."""
+    fn = compile_reward(drawer_task)
+    names = component_names(drawer_task)
+    state = jax.jit(drawer_env.reset)(jax.random.PRNGKey(3))
+    step = jax.jit(drawer_env.step)
+    terms_fn = jax.jit(lambda p, d, a: fn(drawer_env.sys, p, d, a, {})[1])
+    raw_fn = jax.jit(lambda d, a: raw_terms(drawer_task, drawer_env.sys, d, d, a, {}))
+    rng = np.random.default_rng(0)
+    start = raw_fn(state.pipeline_state, jnp.zeros(7))
+    total = {k: 0.0 for k in drawer_task.potential_components}
+    for _ in range(12):
+        action = jnp.asarray(rng.uniform(-1, 1, 7), jnp.float32)
+        nxt = step(state, action)
+        contrib = terms_fn(state.pipeline_state, nxt.pipeline_state, action)
+        for k in total:
+            total[k] += float(contrib[k])
+        state = nxt
+    end = raw_fn(state.pipeline_state, jnp.zeros(7))
+    for k in total:
+        assert total[k] == pytest.approx(float(end[k] - start[k]), abs=1e-4), k
+    assert any(abs(v) > 1e-3 for v in total.values()), "random actions moved no potential: test is vacuous"
+    for mode, mask in drawer_task.oracle_masks.items():
+        shaping_bound = sum(w for c, w in mask.items() if c in drawer_task.potential_components)
+        assert mask["success"] > 2 * shaping_bound, (mode, mask)
+    assert set(drawer_task.potential_components) <= set(names)
 
 
 def test_changing_mask_does_not_recompile_and_per_env_masks_work(drawer_env, drawer_task):

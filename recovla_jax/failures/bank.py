@@ -3,8 +3,10 @@
 For each failure mode: roll the base policy out from nominal resets, fire the mode's injector at a
 sampled step inside the mode's window, label the resulting state from simulator state alone (the label
 may disagree with the injector: such states are dropped and counted), then roll the base policy on from
-that state. A state enters the bank only if its label matches and the base policy fails from it, so
-every bank state is a real failure of the base. The bank is split into train and held-out states.
+that state. A state enters the bank only if its label matches and the base policy fails from it, both
+on the nominal model and on `robust_trials` domain-randomized models with the gripper jittered like a
+training/evaluation start, so every bank state is a real, robust failure of the base (a state the base
+escapes under a little friction or position noise is not kept). The bank is split into train and held-out.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from mujoco import mjx
 from pydantic import BaseModel, ConfigDict, Field
 
 from recovla_jax.evaluation.rollout import rollout_success
 from recovla_jax.policies.base_policy import BasePolicy
 from recovla_jax.sim.env import TaskEnv
+from recovla_jax.sim.randomization import DomainRandomization, batched_models
+from recovla_jax.sim.wrappers import using_model
 from recovla_jax.tasks.base import Task
 from recovla_jax.utils.jax_setup import package_versions
 
@@ -34,6 +39,8 @@ class BankConfig(BaseModel):
     chunk_size: int = Field(256, ge=8, description="envs per jitted collection call")
     test_steps: int = Field(100, ge=1, description="base-policy steps from the failure state that must not succeed")
     heldout_fraction: float = Field(0.4, gt=0.0, lt=1.0)
+    robust_trials: int = Field(1, ge=0, le=4, description="extra randomized + jittered base rollouts that must also fail")
+    start_noise: float = Field(0.005, ge=0.0, description="gripper position jitter (m) of the robust trials")
     seed: int = 0
 
 
@@ -108,9 +115,13 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
         label, stage = jax.vmap(task.label)(priv_fn(env.sys, injected))
         start = jax.vmap(env.state_from_data)(injected, jax.random.split(k_test, n))
         result = rollout_success(env, lambda obs, priv, k: base(obs), start, cfg.test_steps, k_test)
+        base_ok = result["success"]
+        for trial in range(cfg.robust_trials):
+            k_dr = jax.random.fold_in(k_test, trial + 1)
+            base_ok = base_ok | _base_succeeds_randomized(env, base, injected, cfg.test_steps, cfg.start_noise, k_dr)
         finite = jnp.all(jnp.isfinite(injected.qpos), axis=-1)
         fields = {name: getattr(injected, name) for name in STATE_FIELDS}
-        return fields, start.obs, label, stage, result["success"], finite, t_inject
+        return fields, start.obs, label, stage, base_ok, finite, t_inject
 
     rng = np.random.default_rng(cfg.seed)
     chunks, stats = [], {}
@@ -127,6 +138,7 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
             "candidates": int(total),
             "label_matches_injector": int(matched.sum()),
             "base_recovers_by_itself": int((matched & base_ok).sum()),
+            "robust_trials": cfg.robust_trials,
             "kept_base_failures": int(keep.sum()),
             "label_histogram": {("none" if k < 0 else task.failure_modes[k]): int(np.sum(label == k)) for k in np.unique(label)},
         }
@@ -144,3 +156,28 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
     meta = {"seed": cfg.seed, "config": cfg.model_dump(), "base_policy": base.name, "collection": stats,
             "versions": package_versions()}
     return FailureBank(task.name, tuple(task.failure_modes), tuple(task.recovery_stages), arrays, meta)
+
+
+def _base_succeeds_randomized(env: TaskEnv, base: BasePolicy, data, num_steps: int, jitter: float, rng: jax.Array) -> jnp.ndarray:
+    """Per state: does the base policy succeed from it on its own randomized model with a jittered gripper?"""
+    n = data.qpos.shape[0]
+    k_models, k_noise = jax.random.split(rng)
+    models, in_axes = batched_models(env.sys, k_models, n, DomainRandomization())
+    arm_xyz = jnp.array(env.task.gripper.arm_qpos[:3])
+
+    def one(model, d, key):
+        with using_model(env, model):
+            noise = jax.random.uniform(key, (3,), minval=-jitter, maxval=jitter)
+            d = mjx.forward(env.sys, d.replace(qpos=d.qpos.at[arm_xyz].add(noise)))
+            state = env.state_from_data(d, key)
+
+            def body(carry, _):
+                s, ok = carry
+                nxt = env.step(s, base(s.obs))
+                nxt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), s, nxt)
+                return (nxt, ok | (nxt.metrics["success"] > 0)), None
+
+            (_, ok), _ = jax.lax.scan(body, (state, jnp.zeros((), bool)), None, length=num_steps)
+        return ok
+
+    return jax.vmap(one, in_axes=(in_axes, 0, 0))(models, data, jax.random.split(k_noise, n))

@@ -28,13 +28,13 @@ from recovla_jax.tasks.base import ASSETS, Task
 from recovla_jax.utils.checkpoint import restore_pytree, save_pytree
 from recovla_jax.utils.jax_setup import DEFAULT_CACHE_DIR, package_versions
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: demos collected in chunks of DEMO_CHUNK envs
 
 
 class BCConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    demo_envs: int = Field(256, ge=8)
+    demo_envs: int = Field(1024, ge=8)
     noise_std: float = Field(0.3, ge=0.0)
     # Clean nominal demonstrations by default, like the fine-tuning data of a VLA. DART-style noise
     # (noisy_fraction > 0) teaches the clone the expert's reactive corrections: measured on drawer with
@@ -42,7 +42,7 @@ class BCConfig(BaseModel):
     # brittle base policy, while with clean demos it fails on 15-25% of them (see the issue notes).
     noisy_fraction: float = Field(0.0, ge=0.0, le=1.0)
     hidden: tuple[int, ...] = (256, 256)
-    train_steps: int = Field(3000, ge=1)
+    train_steps: int = Field(6000, ge=1)
     batch_size: int = Field(2048, ge=16)
     learning_rate: float = Field(1e-3, gt=0.0)
     eval_envs: int = Field(256, ge=8)
@@ -61,16 +61,23 @@ def cache_key(task: Task, cfg: BCConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+DEMO_CHUNK = 256  # envs per jitted demo-collection call (XLA's CPU runtime hung on larger batches here)
+
+
 def collect_demos(task: Task, cfg: BCConfig, rng: jax.Array) -> tuple[np.ndarray, np.ndarray, float]:
-    """Expert demonstrations (obs, clean expert action) from nominal episodes; returns expert success too."""
+    """Expert demonstrations (obs, clean expert action) from nominal episodes; returns expert success too.
+
+    Collected in chunks of `DEMO_CHUNK` envs with one compiled program: on 2 CPU cores with jax 0.10.2
+    some larger batched MJX programs hung (all XLA threads idle), see the failure bank's note.
+    """
     env = TaskEnv(task)
-    n = cfg.demo_envs
-    k_reset, k_roll = jax.random.split(rng)
-    noisy = jnp.arange(n) < int(n * cfg.noisy_fraction)
+    n = min(cfg.demo_envs, DEMO_CHUNK)
+    num_chunks = -(-cfg.demo_envs // n)
+    n_noisy = int(cfg.demo_envs * cfg.noisy_fraction)
     priv_fn = jax.vmap(task.privileged, in_axes=(None, 0))
 
     @jax.jit
-    def run(k_reset, k_roll):
+    def run(k_reset, k_roll, noisy):
         state = jax.vmap(env.reset)(jax.random.split(k_reset, n))
 
         def body(carry, _):
@@ -85,16 +92,19 @@ def collect_demos(task: Task, cfg: BCConfig, rng: jax.Array) -> tuple[np.ndarray
         (_, done, _), (obs, act, valid) = jax.lax.scan(
             body, (state, jnp.zeros(n, bool), k_roll), None, length=task.config.episode_length
         )
-        clean_success = jnp.sum(done & ~noisy) / jnp.maximum(jnp.sum(~noisy), 1)
-        return obs, act, valid, clean_success
+        return obs, act, valid, done
 
-    obs, act, valid, clean_success = run(k_reset, k_roll)
-    valid = np.asarray(valid).reshape(-1)
-    return (
-        np.asarray(obs).reshape(-1, obs.shape[-1])[valid],
-        np.asarray(act).reshape(-1, ACTION_SIZE)[valid],
-        float(clean_success),
-    )
+    obs_all, act_all, clean_ok, clean_n = [], [], 0, 0
+    for c in range(num_chunks):
+        k_reset, k_roll = jax.random.split(jax.random.fold_in(rng, c))
+        noisy = np.arange(c * n, (c + 1) * n) < n_noisy
+        obs, act, valid, done = jax.device_get(run(k_reset, k_roll, jnp.asarray(noisy)))
+        valid = np.asarray(valid)
+        obs_all.append(np.asarray(obs)[valid])
+        act_all.append(np.asarray(act)[valid])
+        clean_ok += int(np.sum(np.asarray(done) & ~noisy))
+        clean_n += int(np.sum(~noisy))
+    return np.concatenate(obs_all), np.concatenate(act_all), clean_ok / max(clean_n, 1)
 
 
 def train_bc(obs: np.ndarray, actions: np.ndarray, cfg: BCConfig, rng: jax.Array, progress=None) -> dict:
@@ -137,16 +147,20 @@ def train_bc(obs: np.ndarray, actions: np.ndarray, cfg: BCConfig, rng: jax.Array
 
 
 def evaluate_nominal(task: Task, policy: BasePolicy, num_envs: int, rng: jax.Array) -> dict:
-    """Nominal success of a base policy over `num_envs` seeded episodes, with a Wilson CI."""
+    """Nominal success of a base policy over `num_envs` seeded episodes (chunks of DEMO_CHUNK), Wilson CI."""
     env = TaskEnv(task)
-    k_reset, k_roll = jax.random.split(rng)
+    n = min(num_envs, DEMO_CHUNK)
 
     @jax.jit
     def run(k_reset, k_roll):
-        start = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
+        start = jax.vmap(env.reset)(jax.random.split(k_reset, n))
         return rollout_success(env, lambda obs, priv, key: policy(obs), start, task.config.episode_length, k_roll)["success"]
 
-    ok = np.asarray(run(k_reset, k_roll))
+    oks = []
+    for c in range(-(-num_envs // n)):
+        k_reset, k_roll = jax.random.split(jax.random.fold_in(rng, c))
+        oks.append(np.asarray(run(k_reset, k_roll)))
+    ok = np.concatenate(oks)[:num_envs]
     return wilson(int(ok.sum()), int(ok.size)).as_dict()
 
 

@@ -28,11 +28,25 @@ def component_descriptions(task: Task) -> dict[str, str]:
     return {**task.reward_component_descriptions, **SHARED_COMPONENTS}
 
 
-def reward_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray, info: dict) -> dict[str, jnp.ndarray]:
-    """All raw terms, in `component_names` order."""
+def raw_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray, info: dict) -> dict[str, jnp.ndarray]:
+    """Every component's raw value at `data` (potentials as Phi(data)), in `component_names` order."""
     terms = dict(task.reward_terms(model, prev, data, action))
     residual = info.get("residual", jnp.zeros_like(action))
     terms["success"] = task.success(model, data).astype(jnp.float32)
     terms["action_magnitude"] = -jnp.sum(action**2) / action.shape[-1]
     terms["residual_magnitude"] = -jnp.sum(residual**2) / residual.shape[-1]
     return {name: jnp.asarray(terms[name], jnp.float32) for name in component_names(task)}
+
+
+def reward_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray, info: dict) -> dict[str, jnp.ndarray]:
+    """Each component's contribution to this step's reward, in `component_names` order.
+
+    Potential components (`task.potential_components`) contribute Phi(data) - Phi(prev); the rest their
+    raw per-step value. The success term is paid once: success ends the episode.
+    """
+    now = raw_terms(task, model, prev, data, action, info)
+    potentials = tuple(task.potential_components)
+    if not potentials:
+        return now
+    before = task.reward_terms(model, prev, prev, action)
+    return {name: now[name] - jnp.asarray(before[name], jnp.float32) if name in potentials else now[name] for name in now}

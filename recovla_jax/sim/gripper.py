@@ -16,14 +16,12 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import mujoco
 
+# The constants are shared with the NumPy twin the robot runtime uses (which must not import JAX):
+# FINGER_OPEN (m per finger: pad travel from the centre line), FINGER_SQUEEZE (closed target below the
+# joint limit, so the jaws press with force), MAX_TRANSLATION / MAX_ROTATION (GripperLimits' defaults).
+from recovla_jax.runtime.gripper import (ACTION_NAMES, ACTION_SIZE, ARM_JOINTS, FINGER_JOINTS, FINGER_OPEN,  # noqa: F401
+                                         FINGER_SQUEEZE, MAX_ROTATION, MAX_TRANSLATION)
 from recovla_jax.sim import rotations
-
-ACTION_SIZE = 7
-ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "grip")
-ARM_JOINTS = ("grip_x", "grip_y", "grip_z", "grip_yaw", "grip_pitch", "grip_roll")
-FINGER_JOINTS = ("finger_left", "finger_right")
-FINGER_OPEN = 0.04  # metres per finger: pad travel from the centre line
-FINGER_SQUEEZE = -0.02  # closed target below the joint limit, so the jaws press with force
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,8 @@ class GripperIndices:
 class GripperLimits:
     """Per-step motion bounds that turn a unit action into metres and radians."""
 
-    max_translation: float = 0.015
-    max_rotation: float = 0.08
+    max_translation: float = MAX_TRANSLATION
+    max_rotation: float = MAX_ROTATION
 
 
 def clip_action(action: jnp.ndarray) -> jnp.ndarray:

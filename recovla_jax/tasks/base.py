@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import mujoco
+import numpy as np
 from mujoco import mjx
 from pydantic import BaseModel, ConfigDict
 
@@ -108,12 +109,24 @@ class Task(abc.ABC):
     # Steps of base-policy control after a nominal reset during which each mode's injector may fire.
     injection_windows: dict[str, tuple[int, int]] = {}
     reward_component_descriptions: dict[str, str] = {}
+    # Components that are state potentials Phi(s): the reward uses Phi(s') - Phi(s) (potential-based
+    # shaping), so their sum over an episode is bounded by Phi(end) - Phi(start) and cannot outweigh
+    # the success bonus however long the episode runs. The others are paid every step.
+    potential_components: tuple[str, ...] = ()
     # The privileged-label ("oracle") reward mask of each failure mode: component -> weight.
     oracle_masks: dict[str, dict[str, float]] = {}
 
     def label(self, priv: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(failure-mode index or -1, recovery-stage index) computed from simulator state only."""
         raise NotImplementedError(f"task {self.name!r} defines no failure labels")
+
+    def rules_classify(self, obs: np.ndarray) -> tuple[str, str, str]:
+        """(failure mode, recovery stage, reason) from the observable vector alone (numpy; no privileged state).
+
+        The offline `rules` selector's hook: it must always name one of `failure_modes` (a failure state
+        is given), and must read nothing but `obs`.
+        """
+        raise NotImplementedError(f"task {self.name!r} defines no offline diagnosis rules")
 
     def inject(self, model: mjx.Model, data: mjx.Data, mode: jnp.ndarray, rng: jax.Array) -> mjx.Data:
         """Apply the perturbation of failure mode index `mode` to a state (pure JAX)."""

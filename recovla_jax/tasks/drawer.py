@@ -1,6 +1,6 @@
 """Task `drawer` (short-horizon, articulated): grasp the handle and pull the drawer open.
 
-Scene: `assets/drawer.xml`. The cabinet (a mocap body, so its pose is per-episode state) faces its +x
+Scene: `assets/drawer.xml`. The cabinet (its pose is per-episode state: four damped joints) faces its +x
 axis; the drawer slides along that axis (0 to 0.25 m); the handle is a vertical bar 4 cm in front of the
 drawer face. Success: drawer opened at least `success_opening` (default 0.15 m).
 
@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from mujoco import mjx
 from pydantic import Field
 
+from recovla_jax.runtime import drawer_rules
+from recovla_jax.runtime.drawer import CABINET_JOINTS
+from recovla_jax.runtime.drawer_rules import (BETWEEN_XY, BETWEEN_Z, DRAWER_MOVED, FINGERS_CLOSED, GRASPED_OPENING,
+                                              MISALIGNED_ANGLE, NEAR_HANDLE)
 from recovla_jax.sim import gripper as grip
 from recovla_jax.sim import rotations
 from recovla_jax.tasks.base import ObsField, Task, TaskConfig
@@ -46,7 +51,8 @@ GRASP_RADIUS = 0.008
 LATERAL_TOL = 0.01
 ORIENT_TOL = 0.15
 PREGRASP_STANDOFF = 0.08
-GRASPED_OPENING = 0.022
+# Failure-label thresholds (GRASPED_OPENING, MISALIGNED_ANGLE, ...) come from `runtime.drawer_rules`, the
+# NumPy rules shared with the robot runtime and the offline diagnosis.
 
 
 class DrawerTask(Task):
@@ -73,6 +79,7 @@ class DrawerTask(Task):
         self.drawer_qvel = int(m.jnt_dofadr[m.joint("drawer_slide").id])
         self.handle_site = int(m.site("handle").id)
         self.cabinet_body = int(m.body("cabinet").id)
+        self.cabinet_qpos = tuple(int(m.jnt_qposadr[m.joint(j).id]) for j in CABINET_JOINTS)
         self.cabinet_home = jnp.array(m.body("cabinet").pos)
         # Handle centre in the cabinet frame with the drawer closed (drawer body sits at the cabinet origin).
         self.handle_offset = jnp.array(m.site("handle").pos)
@@ -120,11 +127,8 @@ class DrawerTask(Task):
         qpos = qpos.at[jnp.array(idx.arm_qpos)].set(jnp.concatenate([gripper_pos, gripper_euler]))
         qpos = qpos.at[jnp.array(idx.finger_qpos)].set(finger)
         qpos = qpos.at[self.drawer_qpos].set(opening)
-        data = data.replace(
-            qpos=qpos,
-            mocap_pos=data.mocap_pos.at[0].set(cab_pos),
-            mocap_quat=data.mocap_quat.at[0].set(rotations.yaw_to_quat(cab_yaw)),
-        )
+        qpos = qpos.at[jnp.array(self.cabinet_qpos)].set(jnp.concatenate([cab_pos - self.cabinet_home, jnp.reshape(cab_yaw, (1,))]))
+        data = data.replace(qpos=qpos)
         grip_cmd = jnp.where(finger < grip.FINGER_OPEN * 0.5, 1.0, -1.0)
         data = data.replace(ctrl=grip.hold_ctrl(idx, qpos, grip_cmd))
         return mjx.forward(model, data)
@@ -138,7 +142,7 @@ class DrawerTask(Task):
         axis = data.xmat[self.cabinet_body][:, 0]
         finger_opening = jnp.sum(data.qpos[jnp.array(idx.finger_qpos)])
         rel_local = g_rot.T @ (handle - tcp)
-        between = (jnp.abs(rel_local[0]) < 0.012) & (jnp.abs(rel_local[1]) < 0.012) & (jnp.abs(rel_local[2]) < 0.04)
+        between = (jnp.abs(rel_local[0]) < BETWEEN_XY) & (jnp.abs(rel_local[1]) < BETWEEN_XY) & (jnp.abs(rel_local[2]) < BETWEEN_Z)
         return {
             "tcp_pos": tcp,
             "gripper_rot": g_rot,
@@ -179,29 +183,36 @@ class DrawerTask(Task):
     recovery_stages = ("reorient", "reopen", "reach", "grasp", "pull")
     failure_descriptions = {
         "missed_handle": "the gripper closed beside the handle; the drawer is still shut",
-        "slipped_off": "the handle slipped out of the open gripper mid-pull; the drawer is partly open",
+        "slipped_off": "the handle slipped out of the gripper mid-pull (jaws closed on nothing or released); the drawer is partly open",
         "misaligned_gripper": "the wrist is twisted far from a graspable orientation; nothing is held",
     }
     injection_windows = {"missed_handle": (10, 30), "slipped_off": (35, 60), "misaligned_gripper": (5, 30)}
     reward_component_descriptions = {
-        "reach_handle": "[0,1] 1 - tanh(distance TCP-handle / 5 cm)",
-        "align": "[0,1] 1 - (wrist rotation error from facing the drawer) / pi",
-        "open_gripper": "[0,1] jaw opening fraction while the TCP is more than 2 cm from the handle",
-        "grasp_handle": "{0,1} handle between the closed jaws",
-        "pull_drawer": "[0,1] drawer opening / success opening",
-        "collision": "{-1,0} TCP pushed through the drawer front",
+        "reach_handle": "potential [0,1]: 1 - tanh(distance TCP-handle / 5 cm)",
+        "align": "potential [0,1]: 1 - (wrist rotation error from facing the drawer) / pi",
+        "open_gripper": "potential [0,1]: jaw opening fraction while the TCP is more than 2 cm from the handle, 1 closer in",
+        "grasp_handle": "potential {0,1}: handle between the closed jaws",
+        "pull_drawer": "potential [0,1]: drawer opening / success opening",
+        "collision": "per step {-1,0}: TCP pushed through the drawer front",
     }
+    potential_components = ("reach_handle", "align", "open_gripper", "grasp_handle", "pull_drawer")
     oracle_masks = {
         "missed_handle": {"open_gripper": 0.5, "reach_handle": 1.0, "grasp_handle": 1.0, "pull_drawer": 2.0,
-                          "success": 5.0, "collision": 1.0, "residual_magnitude": 0.1},
-        "slipped_off": {"reach_handle": 1.0, "grasp_handle": 1.0, "pull_drawer": 2.0, "success": 5.0,
+                          "success": 12.0, "collision": 1.0, "residual_magnitude": 0.1},
+        "slipped_off": {"reach_handle": 1.0, "grasp_handle": 1.0, "pull_drawer": 2.0, "success": 12.0,
                         "collision": 1.0, "residual_magnitude": 0.1},
         "misaligned_gripper": {"align": 1.0, "reach_handle": 1.0, "grasp_handle": 1.0, "pull_drawer": 2.0,
-                               "success": 5.0, "collision": 1.0, "residual_magnitude": 0.1},
+                               "success": 12.0, "collision": 1.0, "residual_magnitude": 0.1},
     }
 
     def label(self, priv: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
         return _drawer_label(self, priv)
+
+    def rules_classify(self, obs: np.ndarray) -> tuple[str, str, str]:
+        """`runtime.drawer_rules.classify` on the observation; a failure state is given, so when no rule fires
+        (e.g. the handle is held) the closest story is named."""
+        r = drawer_rules.classify(obs)
+        return r.closest_mode, r.stage, r.reason
 
     def inject(self, model: mjx.Model, data: mjx.Data, mode: jnp.ndarray, rng: jax.Array) -> mjx.Data:
         return _drawer_inject(self, model, data, mode, rng)
@@ -243,11 +254,6 @@ class DrawerTask(Task):
 
 
 # ------------------------------------------------------------------------------- failures (ReCoVLA)
-MISALIGNED_ANGLE = 0.45  # rad; nominal starts stay below ~0.37 (yaw 0.3 plus tilt 0.15 per axis)
-FINGERS_CLOSED = 0.03  # m of total opening; below this the jaws count as closed
-DRAWER_MOVED = 0.03  # m; a drawer opened further than this has been pulled
-
-
 def _rotation_error(priv: dict[str, jnp.ndarray]) -> jnp.ndarray:
     axis = priv["drawer_axis"]
     desired = rotations.euler_zyx_to_mat(jnp.arctan2(axis[1], axis[0]), 0.0, 0.0)
@@ -255,7 +261,10 @@ def _rotation_error(priv: dict[str, jnp.ndarray]) -> jnp.ndarray:
 
 
 def _drawer_label(task: "DrawerTask", priv: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Failure mode and recovery stage from simulator state (not from which perturbation was applied)."""
+    """Failure mode and recovery stage from simulator state (not from which perturbation was applied).
+
+    The rules of `runtime.drawer_rules.classify` in JAX (tests check they agree on the same states).
+    """
     rot_err = _rotation_error(priv)
     grasped = priv["grasped"]
     closed = priv["finger_opening"] < FINGERS_CLOSED
@@ -270,7 +279,7 @@ def _drawer_label(task: "DrawerTask", priv: dict[str, jnp.ndarray]) -> tuple[jnp
         rot_err > MISALIGNED_ANGLE,
         0,
         jnp.where(closed & ~grasped & ~priv["handle_between_fingers"], 1,
-                  jnp.where(dist > 0.02, 2, jnp.where(~grasped, 3, 4))),
+                  jnp.where(dist > NEAR_HANDLE, 2, jnp.where(~grasped, 3, 4))),
     )
     return mode.astype(jnp.int32), stage.astype(jnp.int32)
 
@@ -304,9 +313,15 @@ def _drawer_inject(task: "DrawerTask", model: mjx.Model, data: mjx.Data, mode: j
         return _set_gripper(task, d, tcp, priv["gripper_rot"], jnp.zeros(()), jnp.ones(()))
 
     def slipped_off(d: mjx.Data) -> mjx.Data:
-        # The grasp slips mid-pull: the jaws open and the gripper recoils away from the handle.
+        # The handle slips out of the grasp mid-pull and the gripper recoils 2-8 cm; the wrist is jolted
+        # by up to 0.3 rad (below the misaligned threshold). Half the slips leave the jaws closed on
+        # nothing (the handle slid out of them), half with the jaws released open.
         back = axis * u(k[1], 0.02, 0.08) + cab_rot @ jnp.concatenate([jnp.zeros(1), u(k[2], -0.04, 0.04, (2,))])
-        return _set_gripper(task, d, priv["tcp_pos"] + back, priv["gripper_rot"], jnp.full((), grip.FINGER_OPEN), -jnp.ones(()))
+        direction = jax.random.normal(k[4], (3,))
+        jolt = rotations.axis_angle_to_mat(direction / (jnp.linalg.norm(direction) + 1e-9) * u(k[5], 0.0, 0.3))
+        closed = sign > 0
+        finger = jnp.where(closed, 0.0, grip.FINGER_OPEN)
+        return _set_gripper(task, d, priv["tcp_pos"] + back, jolt @ priv["gripper_rot"], finger, jnp.where(closed, 1.0, -1.0))
 
     def misaligned_gripper(d: mjx.Data) -> mjx.Data:
         # A knock during the approach twists the wrist 0.6-1.2 rad about a random axis.
@@ -328,7 +343,7 @@ def _drawer_reward_terms(task: "DrawerTask", model: mjx.Model, prev: mjx.Data, d
     return {
         "reach_handle": 1.0 - jnp.tanh(dist / 0.05),
         "align": 1.0 - _rotation_error(priv) / jnp.pi,
-        "open_gripper": (priv["finger_opening"] / (2 * grip.FINGER_OPEN)) * (dist > 0.02),
+        "open_gripper": jnp.where(dist > 0.02, priv["finger_opening"] / (2 * grip.FINGER_OPEN), 1.0),
         "grasp_handle": priv["grasped"].astype(jnp.float32),
         "pull_drawer": jnp.clip(priv["drawer_opening"] / priv["success_opening"], 0.0, 1.0),
         # Collision proxy (gripper-cabinet contacts are switched off for speed): the TCP passing more

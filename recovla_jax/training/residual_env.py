@@ -5,6 +5,11 @@ descriptor features are the failure-mode one-hot and the dense reward weights. W
 last layer zero-initialised, r = 0 at initialisation and the executed action is exactly the frozen base
 policy's. Rewards come from the compiled mask (weights per env in `info["reward_weights"]`); the
 residual-magnitude term sees the squashed residual. Success ends the episode.
+
+Sensor and controller imperfections of a real robot are trained on, like the model-field randomization:
+Gaussian observation noise (`obs_noise`, metres/units of each field; base and residual see the same noisy
+reading, rewards use the true state) and, per episode with probability `latency_prob`, one control step of
+action latency. The native-MuJoCo robot of the sim-to-sim evaluation applies the same two by default.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class ResidualEnv(TaskEnv):
         weights_per_mode: np.ndarray,
         alpha: float = 0.5,
         start_noise: float = 0.005,
+        obs_noise: float = 0.001,
+        latency_prob: float = 0.5,
     ):
         super().__init__(task, reward_fn=compile_reward(task), terminate_on_success=True)
         if len(bank) == 0:
@@ -46,6 +53,10 @@ class ResidualEnv(TaskEnv):
         self.base = base
         self.alpha = float(alpha)
         self.start_noise = float(start_noise)
+        if obs_noise < 0 or not 0.0 <= latency_prob <= 1.0:
+            raise ValueError(f"obs_noise must be >= 0 and latency_prob in [0, 1], got {obs_noise}, {latency_prob}")
+        self.obs_noise = float(obs_noise)
+        self.latency_prob = float(latency_prob)
         self.task_obs_size = task.observation_size
         self.starts = {k: jnp.asarray(bank.arrays[k]) for k in ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl", "mode")}
         self.num_starts = len(bank)
@@ -74,12 +85,22 @@ class ResidualEnv(TaskEnv):
                                                mocap_quat=s["mocap_quat"], ctrl=s["ctrl"])
         data = mjx.forward(self.sys, data)
         mode = s["mode"]
-        info = {"reward_weights": self.weights_per_mode[mode], "residual": jnp.zeros(grip.ACTION_SIZE), "mode": mode}
+        k_state, k_lat, k_obs = jax.random.split(k_state, 3)
+        info = {"reward_weights": self.weights_per_mode[mode], "residual": jnp.zeros(grip.ACTION_SIZE), "mode": mode,
+                "latency": jax.random.bernoulli(k_lat, self.latency_prob), "prev_action": self._hold_action(data)}
         state = self.state_from_data(data, k_state, info)
-        return state.replace(obs=self._residual_obs(state.obs, mode))
+        return state.replace(obs=self._residual_obs(state.obs, mode, k_obs))
 
-    def _residual_obs(self, task_obs: jnp.ndarray, mode: jnp.ndarray) -> jnp.ndarray:
-        return jnp.concatenate([task_obs, self.base(task_obs), self.descriptor_features(mode)])
+    def _hold_action(self, data: mjx.Data) -> jnp.ndarray:
+        """The action that holds the current pose and jaw command (what a delayed controller executes first)."""
+        finger = data.ctrl[self.task.gripper.finger_ctrl[0]]
+        grip_cmd = 2.0 * (finger - grip.FINGER_OPEN) / (grip.FINGER_SQUEEZE - grip.FINGER_OPEN) - 1.0
+        return jnp.zeros(grip.ACTION_SIZE).at[6].set(jnp.clip(grip_cmd, -1.0, 1.0))
+
+    def _residual_obs(self, task_obs: jnp.ndarray, mode: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        """[noisy task obs, base action on it, descriptor]: base and residual see the same sensor noise."""
+        noisy = task_obs + self.obs_noise * jax.random.normal(key, task_obs.shape)
+        return jnp.concatenate([noisy, self.base(noisy), self.descriptor_features(mode)])
 
     def executed_action(self, obs: jnp.ndarray, residual_raw: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(clip(base + alpha * tanh(r)), tanh(r)) for a residual-env observation."""
@@ -89,6 +110,10 @@ class ResidualEnv(TaskEnv):
 
     def step(self, state: State, residual_raw: jnp.ndarray) -> State:
         action, residual = self.executed_action(state.obs, residual_raw)
-        inner = state.replace(obs=state.obs[: self.task_obs_size], info={**state.info, "residual": residual})
-        nxt = super().step(inner, action)
-        return nxt.replace(obs=self._residual_obs(nxt.obs, state.info["mode"]))
+        # Action latency (per episode, probability `latency_prob`): this step executes the previous command.
+        executed = jnp.where(state.info["latency"], state.info["prev_action"], action)
+        rng, k_obs = jax.random.split(state.info["rng"])
+        info = {**state.info, "residual": residual, "prev_action": action, "rng": rng}
+        inner = state.replace(obs=state.obs[: self.task_obs_size], info=info)
+        nxt = super().step(inner, executed)
+        return nxt.replace(obs=self._residual_obs(nxt.obs, state.info["mode"], k_obs))

@@ -1,0 +1,163 @@
+"""Reproduce every run of the results table (experiments.report), task by task, then the report.
+
+    python -m experiments.benchmark_suite                       # all tasks; reduced budget on CPU (says so)
+    python -m experiments.benchmark_suite --dry-run             # print the commands only
+    python -m experiments.benchmark_suite --tasks drawer --out benchmark --budget=full --skip-existing
+
+For each task, in order (each a separate `python -m` process; the commands are printed first):
+  1. main job, ReCoVLA:      experiments.train --selector=<--selector>              -> OUT/<task>/recovla
+  2. residual, oracle mask:  experiments.train --selector=oracle --bank-dir=<1's bank> -> OUT/<task>/oracle-mask
+  3. residual, wrong mask:   experiments.train --mask=wrong --bank-dir=<1's bank>      -> OUT/<task>/wrong-mask
+  4. fine-tuned base:        experiments.baselines --method=finetune      --run=<1>   -> <1>/baselines/finetune
+  5. residual, full reward:  experiments.baselines --method=residual-full --run=<1>   -> <1>/baselines/residual-full
+  6. nominal success after training of 1-3: experiments.baselines --method=nominal     -> <run>/baselines/nominal
+  7. ONNX export + zero-shot sim-to-sim of 1: experiments.export, experiments.evaluate -> <1>/export, <1>/sim2sim
+then experiments.report over every main-job run -> OUT/report (report.md, report.csv, report.png).
+Every method of a task trains on the same failure bank (2 and 3 reuse 1's, 4-6 read it from the run) with
+the same env steps per policy (the baselines take the run's budget from its config.json).
+
+Budgets: `full` = the main job's defaults (4096 envs, 20M env steps per policy on GPU/TPU; 128 envs, 250k
+on CPU), all held-out and 100 nominal states in sim-to-sim. `reduced` = 64 envs, 40k env steps per policy,
+256 injected candidates per mode, 32 nominal starts per mode, 20 sim-to-sim states per mode: minutes, not
+hours, on 2 CPU cores, a smoke-scale reproduction whose numbers are NOT the table's results. `auto` (default)
+= full on an accelerator, reduced on CPU, and it prints which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REDUCED = {"train": ["--num-envs=64", "--timesteps=40000", "--candidates=256"], "nominal": ["--nominal-episodes=32"],
+           "sim2sim": ["--episodes-per-mode=20", "--nominal-episodes=20"]}
+FULL = {"train": [], "nominal": [], "sim2sim": []}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    argv: list[str]  # after the python executable
+    done_marker: Path | None  # with --skip-existing, the step is skipped when this file exists
+
+    def shell(self, python: str) -> str:
+        return shlex.join([python, *self.argv])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmark_suite", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=None, help="tasks to run (default: every registered task)")
+    p.add_argument("--out", default="benchmark", help="root directory of all runs and the report")
+    p.add_argument("--budget", choices=["auto", "full", "reduced"], default="auto",
+                   help="auto = full on GPU/TPU, reduced on CPU (see above)")
+    p.add_argument("--selector", default="auto", help="ReCoVLA's selector (experiments.train --selector)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sim2sim-arm", default="runtime_rules", help="experiments.report --sim2sim-arm")
+    p.add_argument("--export-tolerance", type=float, default=None,
+                   help="experiments.export --tolerance (default: export's own, 1e-5)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("--skip-existing", action="store_true", help="skip steps whose output already exists (resume a suite)")
+    p.add_argument("--keep-going", action="store_true", help="run the remaining steps (and the report) after a failure")
+    return p
+
+
+def resolve_budget(budget: str) -> tuple[str, str]:
+    """('full' | 'reduced', why)."""
+    if budget != "auto":
+        return budget, f"--budget={budget}"
+    from recovla_jax.utils.jax_setup import on_accelerator
+
+    if on_accelerator():
+        return "full", "an accelerator is present"
+    return "reduced", "no GPU/TPU: CPU only"
+
+
+def default_tasks() -> list[str]:
+    from recovla_jax.tasks import task_names
+
+    return task_names()
+
+
+def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto", seed: int = 0,
+                sim2sim_arm: str = "runtime_rules", export_tolerance: float | None = None) -> list[Step]:
+    """Every command of the suite, in order (see the module docstring)."""
+    b = REDUCED if budget == "reduced" else FULL
+    steps: list[Step] = []
+    runs: list[Path] = []
+    for task in tasks:
+        root = out / task
+        main, oracle, wrong = root / "recovla", root / "oracle-mask", root / "wrong-mask"
+        bank = main / "bank"
+        train = ["-m", "experiments.train", f"--task={task}", f"--seed={seed}", *b["train"]]
+        steps += [
+            Step(f"{task}: ReCoVLA (selector {selector})", [*train, f"--run-dir={main}", f"--selector={selector}"],
+                 main / "results.json"),
+            Step(f"{task}: residual on the oracle mask",
+                 [*train, f"--run-dir={oracle}", "--selector=oracle", f"--bank-dir={bank}"], oracle / "results.json"),
+            Step(f"{task}: residual on a wrong mask", [*train, f"--run-dir={wrong}", f"--selector={selector}", "--mask=wrong",
+                                                       f"--bank-dir={bank}"], wrong / "results.json"),
+        ]
+        for method in ("finetune", "residual-full"):
+            steps.append(Step(f"{task}: baseline {method}", ["-m", "experiments.baselines", f"--run={main}", f"--method={method}",
+                                                             *b["nominal"]], main / "baselines" / method / "results.json"))
+        for run in (main, oracle, wrong):
+            steps.append(Step(f"{task}: nominal success of {run.name}", ["-m", "experiments.baselines", f"--run={run}",
+                                                                         "--method=nominal", *b["nominal"]],
+                              run / "baselines" / "nominal" / "results.json"))
+        steps += [
+            Step(f"{task}: ONNX export of ReCoVLA", ["-m", "experiments.export", f"--run={main}"]
+                 + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]), main / "export" / "manifest.json"),
+            Step(f"{task}: zero-shot sim-to-sim of ReCoVLA", ["-m", "experiments.evaluate", f"--run={main}", "--backend=mujoco",
+                                                               f"--seed={seed}", *b["sim2sim"]], main / "sim2sim" / "sim2sim.json"),
+        ]
+        runs += [main, oracle, wrong]
+    steps.append(Step("results table", ["-m", "experiments.report", "--runs", *map(str, runs), f"--out={out / 'report'}",
+                                        f"--sim2sim-arm={sim2sim_arm}"], None))
+    return steps
+
+
+def main(argv: list[str] | None = None) -> list[Step]:
+    args = build_parser().parse_args(argv)
+    budget, why = resolve_budget(args.budget)
+    tasks = args.tasks or default_tasks()
+    steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance)
+    python = sys.executable
+    if budget == "reduced":
+        print(f"benchmark suite: REDUCED budget ({why}): {' '.join(REDUCED['train'])} per main-job run, "
+              f"{' '.join(REDUCED['nominal'])}, sim2sim {' '.join(REDUCED['sim2sim'])}. A smoke-scale reproduction: "
+              "its numbers are not the results of the table (run on a GPU/TPU, or pass --budget=full).")
+    else:
+        print(f"benchmark suite: FULL budget ({why}): the main job's default envs and env steps per policy.")
+    print(f"tasks: {', '.join(tasks)}; {len(steps)} steps; output under {args.out}")
+    for i, s in enumerate(steps, 1):
+        print(f"[{i:2d}] {s.name}\n     {s.shell(python)}")
+    if args.dry_run:
+        return steps
+    failed = []
+    for i, s in enumerate(steps, 1):
+        if args.skip_existing and s.done_marker is not None and s.done_marker.exists():
+            print(f"[{i:2d}] skip (exists: {s.done_marker}) {s.name}")
+            continue
+        print(f"\n[{i:2d}/{len(steps)}] {s.name}\n$ {s.shell(python)}", flush=True)
+        t0 = time.time()
+        rc = subprocess.call([python, *s.argv])
+        print(f"[{i:2d}] {s.name}: exit {rc} after {(time.time() - t0) / 60:.1f} min", flush=True)
+        if rc != 0:
+            failed.append(s.name)
+            if not args.keep_going:
+                raise SystemExit(f"step failed: {s.name} (exit {rc}); rerun with --skip-existing to resume")
+    if failed:
+        raise SystemExit(f"{len(failed)} step(s) failed: {failed}")
+    return steps
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)

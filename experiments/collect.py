@@ -1,0 +1,67 @@
+"""Collect a failure bank on its own (the main job's stage 2), e.g. to size it before training.
+
+    python -m experiments.collect --task=drawer --candidates=4096 --out=banks/drawer
+
+Loads (or trains and caches) the frozen base policy, injects every failure mode into base rollouts,
+keeps the labelled states the base policy really fails from (nominal model and randomized + jittered
+trials), splits them train/held-out and writes `bank.npz` + `bank.json` (counts, collection statistics,
+versions). `--render=N` also writes PNG frames of N states per mode. Reuse with
+`python -m experiments.train --bank-dir=OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m experiments.collect", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="drawer")
+    p.add_argument("--out", required=True, help="bank directory to write (must not hold a bank already)")
+    p.add_argument("--candidates", type=int, default=1024, help="injected candidates per failure mode")
+    p.add_argument("--episode-length", type=int, default=100, help="task episode length (selects the cached base policy)")
+    p.add_argument("--test-steps", type=int, default=100, help="base-policy steps from a failure state that must not succeed")
+    p.add_argument("--robust-trials", type=int, default=1, help="extra randomized + jittered base rollouts that must fail too")
+    p.add_argument("--heldout-fraction", type=float, default=0.4)
+    p.add_argument("--render", type=int, default=0, help="PNG frames of this many states per mode (bank_dir/frames)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from recovla_jax.utils.jax_setup import configure_jax
+
+    configure_jax()
+    from rich.console import Console
+
+    from recovla_jax.failures.bank import BankConfig, collect_failure_bank
+    from recovla_jax.policies.bc import load_or_train_base_policy
+    from recovla_jax.tasks import get_task
+
+    console = Console()
+    out = Path(args.out)
+    if (out / "bank.npz").exists():
+        raise SystemExit(f"{out} already holds a failure bank; choose another --out")
+    t0 = time.time()
+    task = get_task(args.task, {"episode_length": args.episode_length})
+    base = load_or_train_base_policy(task, log=console.print)
+    cfg = BankConfig(candidates_per_mode=args.candidates, test_steps=args.test_steps, robust_trials=args.robust_trials,
+                     heldout_fraction=args.heldout_fraction, seed=args.seed)
+    bank = collect_failure_bank(task, base, cfg, log=console.print)
+    bank.save(out)
+    if args.render:
+        import numpy as np
+
+        from recovla_jax.sim.render import render_bank_frames
+
+        picks = [int(i) for m in range(len(task.failure_modes))
+                 for i in np.flatnonzero(bank.arrays["mode"] == m)[: args.render]]
+        render_bank_frames(task, bank, out, indices=picks)
+    console.print(json.dumps({"bank": str(out), "counts": bank.counts(), "seconds": round(time.time() - t0, 1)}, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Zero-shot sim-to-sim: run a run's exported ONNX policies through the robot runtime on native MuJoCo.
+
+    python -m experiments.evaluate --run=runs/drawer-20261125-101500 --backend=mujoco
+    python -m experiments.evaluate --run=RUN --episodes-per-mode=20 --nominal-episodes=50 --seed=1
+
+Starts every held-out failure-bank state (split == heldout) on the native MuJoCo robot (C MuJoCo, not
+MJX) under per-episode randomized dynamics, observation noise and action latency drawn from a held-out
+seed, and reports success per failure mode (Wilson 95% CI, n) for the base alone, the recovery policy
+applied for the whole episode (the MJX protocol), and the full runtime (monitor, oracle or rules
+selector, switching, safety), next to the MJX success of the same policies from RUN/results.json, plus
+nominal-task success with the runtime on vs the base alone. Writes sim2sim.json and sim2sim.md into
+--out (default RUN/sim2sim). Uses RUN/export (run `python -m experiments.export` first; if it is
+missing it is created). Imports no JAX unless it has to export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--backend", choices=["mujoco"], default="mujoco", help="robot backend (native MuJoCo proxy)")
+    p.add_argument("--export-dir", default=None, help="exported models (default RUN/export)")
+    p.add_argument("--out", default=None, help="where sim2sim.json/.md go (default RUN/sim2sim)")
+    p.add_argument("--episodes-per-mode", type=int, default=None, help="held-out states per failure mode (default: all)")
+    p.add_argument("--nominal-episodes", type=int, default=100, help="nominal-start episodes per arm (0: skip)")
+    p.add_argument("--max-steps", type=int, default=None, help="control steps per episode (default: training's episode length)")
+    p.add_argument("--seed", type=int, default=0, help="seed of dynamics draws, noise and nominal starts")
+    p.add_argument("--obs-noise", type=float, default=None, help="observation noise std (default 0.001)")
+    p.add_argument("--latency", default=None, help="action latency range in control steps, 'lo,hi' (default 0,1)")
+    p.add_argument("--no-dynamics-randomization", action="store_true", help="nominal friction/mass/damping/gain")
+    p.add_argument("--release-on", choices=["progress", "success"], default="success",
+                   help="when the runtime hands control back to the base")
+    p.add_argument("--max-residual-norm", type=float, default=None, help="override the manifest's residual norm cap")
+    p.add_argument("--base", default="onnx",
+                   help="base policy source: 'onnx' (in process) or 'openpi-local' (the ONNX base served over openpi's "
+                        "websocket protocol on 127.0.0.1 and queried through the client)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every runtime event")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from recovla_jax.evaluation.sim2sim import FAILURE_ARMS, NOMINAL_ARMS, Sim2SimConfig, Sim2SimEvaluator, write_report
+    from recovla_jax.runtime.manifest import MANIFEST_NAME, load_manifest
+    from recovla_jax.runtime.monitor import MonitorConfig
+    from recovla_jax.runtime.onnx_policy import OnnxBasePolicy
+    from recovla_jax.runtime.robots.mujoco_drawer import NativeDynamics
+
+    console = Console()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR, format="%(name)s %(message)s")
+    run = Path(args.run)
+    export_dir = Path(args.export_dir) if args.export_dir else run / "export"
+    if not (export_dir / MANIFEST_NAME).exists():
+        console.print(f"[yellow]{export_dir} has no manifest: exporting first[/]")
+        from experiments.export import main as export_main
+
+        export_main([f"--run={run}", f"--out={export_dir}"])
+    manifest = load_manifest(export_dir)
+    if manifest.task != "drawer":
+        raise SystemExit(f"the native MuJoCo robot implements task 'drawer' only, the export is {manifest.task!r}")
+
+    import numpy as np
+
+    with np.load(run / "bank" / "bank.npz") as z:
+        bank = {k: z[k] for k in z.files}
+    bank_meta = json.loads((run / "bank" / "bank.json").read_text())
+    results_path = run / "results.json"
+    mjx = json.loads(results_path.read_text()).get("modes") if results_path.exists() else None
+    if mjx is None:
+        console.print("[yellow]no results.json in the run: MJX columns will read n/a[/]")
+
+    dyn = NativeDynamics().model_dump()
+    if args.no_dynamics_randomization:
+        dyn.update(friction=(1.0, 1.0), mass=(1.0, 1.0), damping=(1.0, 1.0), actuator_gain=(1.0, 1.0))
+    if args.obs_noise is not None:
+        dyn["obs_noise_std"] = args.obs_noise
+    if args.latency is not None:
+        lo, hi = (int(v) for v in args.latency.split(","))
+        dyn["action_latency_steps"] = (lo, hi)
+    dynamics = NativeDynamics(**dyn)
+    cfg = Sim2SimConfig(episodes_per_mode=args.episodes_per_mode, nominal_episodes=args.nominal_episodes, seed=args.seed,
+                        max_steps=args.max_steps, dynamics=dynamics,
+                        monitor=MonitorConfig(release_on=args.release_on),
+                        safety_overrides={} if args.max_residual_norm is None else {"max_residual_norm": args.max_residual_norm})
+
+    server = None
+    if args.base == "onnx":
+        base = OnnxBasePolicy(export_dir, manifest.base_policy)
+    elif args.base == "openpi-local":
+        from recovla_jax.runtime.robots.openpi import OpenPIBasePolicy, OpenPIClient, serve_policy
+
+        onnx_base = OnnxBasePolicy(export_dir, manifest.base_policy)
+        server, _ = serve_policy(lambda obs: {"actions": onnx_base.act(obs["observation/state"])[None].astype(np.float32)},
+                                 metadata={"policy": manifest.base_policy.name, "action_horizon": 1})
+        client = OpenPIClient("127.0.0.1", server.socket.getsockname()[1])
+        base = OpenPIBasePolicy(client, prompt=manifest.instruction)
+    else:
+        raise SystemExit(f"unknown --base {args.base!r}: use 'onnx' or 'openpi-local'")
+
+    evaluator = Sim2SimEvaluator(export_dir, manifest, base, cfg)
+    held = bank["split"] == 1
+    n_fail = 0
+    for i, m in enumerate(bank_meta["modes"]):
+        if m in evaluator.library:
+            k = int(np.sum(held & (bank["mode"] == i)))
+            n_fail += min(k, args.episodes_per_mode) if args.episodes_per_mode is not None else k
+    total = n_fail * len(FAILURE_ARMS) + args.nominal_episodes * len(NOMINAL_ARMS)
+    console.print(f"sim2sim: {n_fail} held-out failure states x {len(FAILURE_ARMS)} arms + {args.nominal_episodes} nominal "
+                  f"x {len(NOMINAL_ARMS)} arms on native MuJoCo, base={args.base}")
+    t0 = time.time()
+    counts = {"ok": 0, "done": 0}
+    progress = Progress(TextColumn("[bold]{task.fields[group]:>20}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[eps]:6.1f} episodes/s"), TextColumn("success so far {task.fields[succ]:5.1%}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    with progress:
+        bar = progress.add_task("sim2sim", total=total, group="", eps=0.0, succ=0.0)
+
+        def on_episode(group: str, arm: str, ok: bool) -> None:
+            counts["done"] += 1
+            counts["ok"] += int(ok)
+            progress.update(bar, advance=1, group=f"{group}/{arm}", eps=counts["done"] / max(time.time() - t0, 1e-9),
+                            succ=counts["ok"] / counts["done"])
+
+        results = evaluator.run(bank, tuple(bank_meta["modes"]), mjx, on_episode)
+    if server is not None:
+        client.close()
+        server.shutdown()
+    results.update({
+        "task": manifest.task, "run_dir": str(run.absolute()), "export_dir": str(export_dir.absolute()),
+        "max_steps": evaluator.max_steps, "rate_hz": manifest.control.rate_hz, "wall_seconds": time.time() - t0,
+        "config": {"backend": args.backend, "base": args.base, "seed": args.seed,
+                   "episodes_per_mode": args.episodes_per_mode, "nominal_episodes": args.nominal_episodes,
+                   "dynamics": dynamics.model_dump(mode="json"), "monitor": cfg.monitor.model_dump(),
+                   "safety": evaluator.runtimes["runtime_oracle"].safety.cfg.model_dump(mode="json")},
+    })
+    out = Path(args.out) if args.out else run / "sim2sim"
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = write_report(results, out)
+    console.print(mpath.read_text())
+    console.print(f"[bold green]wrote[/] {jpath} and {mpath}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,376 @@
+"""The results table: main-job runs, their baselines and sim-to-sim results in one markdown + CSV table.
+
+    python -m experiments.report --runs runs/drawer-recovla runs/drawer-oracle runs/drawer-wrong --out report
+    python -m experiments.report --runs RUN --sim2sim-arm=policy --family drawer=short-horizon
+
+Rows are task x failure mode (success from the run's held-out failure states), one average row per task
+family and, per task, a row of nominal success after training. Columns are methods; each cell is
+"rate% [95% Wilson CI] n=trials"; a method with no result shows "—". Where each column comes from:
+
+  base alone             RUN/results.json modes[m].base (the zero-residual arm of the main job's evaluation)
+  fine-tuned base        RUN/baselines/finetune/results.json       (python -m experiments.baselines --method=finetune)
+  residual, full reward  RUN/baselines/residual-full/results.json  (--method=residual-full)
+  ReCoVLA (<selector>)   a main-job run with the selector's mask (results.json modes[m].recovla)
+  residual, oracle mask  a main-job run with --selector=oracle
+  residual, wrong mask   a main-job run with --mask=wrong
+  ReCoVLA sim2sim        RUN/sim2sim/sim2sim.json of the ReCoVLA run (python -m experiments.evaluate), arm
+                         --sim2sim-arm (default runtime_rules: monitor + rules selector + switching + safety)
+The method of a main-job run is read from its config (mask, selector, policy layout). Nominal success of the
+main-job methods comes from RUN/baselines/nominal/results.json (--method=nominal), of the baselines from their
+own results, of the sim2sim column from the native runtime's nominal arm. Writes report.md, report.csv (tidy:
+one line per task x row x method, numeric) and report.png (bars with Wilson CIs) into --out. Imports no JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+DASH = "—"
+# Task family of each task (the table averages per family). Tasks not listed fall in "other" unless
+# --family names them.
+TASK_FAMILIES = {"drawer": "short-horizon"}
+BASELINES = ("finetune", "residual-full")
+FIXED_LABELS = {"base": "base alone", "finetune": "fine-tuned base", "residual-full": "residual, full reward",
+                "oracle-mask": "residual, oracle mask", "wrong-mask": "residual, wrong mask"}
+SIM2SIM_ARMS = ("policy", "runtime_oracle", "runtime_rules")
+# Which main-job run's base-alone numbers fill the base column when several runs of a task have them.
+_BASE_PRIORITY = ("recovla", "oracle-mask", "wrong-mask")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", action="extend", required=True, help="main-job run directories (any order, any tasks)")
+    p.add_argument("--out", default="report", help="output directory for report.md, report.csv, report.png")
+    p.add_argument("--sim2sim-arm", choices=SIM2SIM_ARMS, default="runtime_rules",
+                   help="which native-MuJoCo arm of sim2sim.json fills the sim2sim column (nominal rows fall back to "
+                        "runtime_rules where the arm has no nominal episodes)")
+    p.add_argument("--family", action="append", default=[], metavar="TASK=FAMILY",
+                   help=f"task family for averaging (repeatable); defaults: {TASK_FAMILIES}, others 'other'")
+    p.add_argument("--no-plot", action="store_true", help="skip report.png")
+    return p
+
+
+def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
+    """(method key, label) of a main-job run: wrong-mask, oracle-mask or recovla-<selector>[-conditioned]."""
+    results = results or {}
+    if config.get("mask") == "wrong" or results.get("mask") == "wrong":
+        key, label = "wrong-mask", FIXED_LABELS["wrong-mask"]
+    elif config.get("selector") == "oracle" or results.get("selector") == "oracle":
+        key, label = "oracle-mask", FIXED_LABELS["oracle-mask"]
+    else:
+        selector = results.get("selector") or config.get("selector", "auto")
+        key, label = f"recovla-{selector}", f"ReCoVLA ({selector})"
+    if (results.get("policy") or config.get("policy")) == "conditioned":
+        key, label = f"{key}-conditioned", f"{label}, conditioned"
+    return key, label
+
+
+def fmt_cell(r: dict | None) -> str:
+    if not r:
+        return DASH
+    return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] n={r['trials']}"
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _budget(config: dict) -> str:
+    dev = config.get("device") or {}
+    return (f"{config.get('num_envs', '?')} envs x {int(config.get('timesteps', 0)):,} steps/policy, "
+            f"{dev.get('platform', '?')} x{dev.get('device_count', '?')}")
+
+
+class Table:
+    """Everything the report shows, per task: cells[(row, method)] = Wilson dict, labels, sources, notes."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict] = {}
+        self.labels: dict[str, str] = dict(FIXED_LABELS)
+        self.sources: list[dict] = []
+        self.notes: list[str] = []
+
+    def task(self, name: str) -> dict:
+        return self.tasks.setdefault(name, {"modes": [], "cells": {}, "nominal": {}, "base_candidates": [], "nominal_base": [],
+                                            "banks": {}})
+
+    def put(self, task: str, row: str, method: str, cell: dict | None, source: str) -> None:
+        if cell is None:
+            return
+        t = self.task(task)
+        if row not in t["modes"]:
+            t["modes"].append(row)
+        if (row, method) in t["cells"] and t["cells"][(row, method)][1] != source:
+            self.notes.append(f"{task}/{row}/{self.labels.get(method, method)}: {source} replaces {t['cells'][(row, method)][1]}")
+        t["cells"][(row, method)] = (cell, source)
+
+    def put_nominal(self, task: str, method: str, cell: dict | None, source: str) -> None:
+        if cell is not None:
+            self.task(task)["nominal"][method] = (cell, source)
+
+    def methods(self) -> list[str]:
+        """Every column of the issue's table, present or not (missing ones read "—"); one per ReCoVLA selector."""
+        present = {m for t in self.tasks.values() for (_, m) in t["cells"]} | {m for t in self.tasks.values() for m in t["nominal"]}
+        recovla = sorted(m for m in present if m.startswith("recovla-"))
+        if not recovla:
+            recovla = ["recovla"]
+            self.labels.setdefault("recovla", "ReCoVLA")
+        return ["base", *BASELINES, *recovla, "oracle-mask", "wrong-mask", "sim2sim"]
+
+
+def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
+    """Read every run, its baselines/ and sim2sim/ into a Table."""
+    table = Table()
+    table.labels["sim2sim"] = f"ReCoVLA sim2sim ({sim2sim_arm})"
+    recovla_sim2sim_done: set[str] = set()
+    for run in runs:
+        run = Path(run)
+        config = _read(run / "config.json") or {}
+        results = _read(run / "results.json")
+        if results is None:
+            table.notes.append(f"{run}: no results.json (unfinished run?): skipped")
+            continue
+        task = results.get("task") or config.get("task", "?")
+        method, label = infer_run_method(config, results)
+        table.labels[method] = label
+        t = table.task(task)
+        t["banks"][str(run)] = (results.get("bank") or {}).get("counts")
+        table.sources.append({"task": task, "column": label, "run": str(run), "budget": _budget(config)})
+        for m, r in results.get("modes", {}).items():
+            table.put(task, m, method, r.get("recovla"), str(run))
+            if r.get("base"):
+                t["base_candidates"].append((method, m, r["base"], str(run)))
+        for b in BASELINES:
+            res = _read(run / "baselines" / b / "results.json")
+            if res is None:
+                continue
+            src = str(run / "baselines" / b)
+            bud = res.get("budget", {})
+            table.sources.append({"task": task, "column": FIXED_LABELS[b], "run": src,
+                                  "budget": f"{bud.get('num_envs', '?')} envs x "
+                                            f"{int(bud.get('timesteps_per_policy', 0)):,} steps/policy, "
+                                            f"{(res.get('device') or {}).get('platform', '?')}"})
+            if bud and not bud.get("budget_matches_run", True):
+                table.notes.append(f"{src}: trained with a budget different from its run's ({bud.get('num_envs')} envs, "
+                                   f"{bud.get('timesteps_per_policy')} steps/policy vs {bud.get('run_num_envs')}, "
+                                   f"{bud.get('run_timesteps_per_policy')})")
+            for m, r in res.get("modes", {}).items():
+                table.put(task, m, b, r.get("policy"), src)
+            for m, ok in (res.get("base_matches_run") or {}).items():
+                if not ok:
+                    table.notes.append(f"{src}: base alone on {m} differs from the run's own evaluation "
+                                       "(different machine or code?)")
+            nom = res.get("nominal")
+            if nom:
+                table.put_nominal(task, b, nom.get("policy"), src)
+                t["nominal_base"].append((b, nom.get("base"), src))
+        nom_res = _read(run / "baselines" / "nominal" / "results.json")
+        if nom_res and nom_res.get("nominal"):
+            src = str(run / "baselines" / "nominal")
+            table.put_nominal(task, method, nom_res["nominal"].get("policy"), src)
+            t["nominal_base"].insert(0, (method, nom_res["nominal"].get("base"), src))
+        s2s = _read(run / "sim2sim" / "sim2sim.json")
+        if s2s is not None and method.startswith("recovla-") and task not in recovla_sim2sim_done:
+            recovla_sim2sim_done.add(task)
+            src = str(run / "sim2sim")
+            for m, e in s2s.get("modes", {}).items():
+                table.put(task, m, "sim2sim", (e.get("native") or {}).get(sim2sim_arm), src)
+                if e.get("n") is not None and e.get("heldout_states") and e["n"] < e["heldout_states"]:
+                    table.notes.append(f"{src}: sim2sim {m} ran the first {e['n']} of {e['heldout_states']} held-out states")
+            nominal = (s2s.get("nominal") or {}).get("native") or {}
+            arm = sim2sim_arm if sim2sim_arm in nominal else "runtime_rules"
+            if arm in nominal:
+                table.put_nominal(task, "sim2sim", nominal[arm], src)
+                if arm != sim2sim_arm:
+                    table.notes.append(f"{src}: sim2sim nominal row uses arm {arm} ({sim2sim_arm} has no nominal episodes)")
+        elif s2s is not None and not method.startswith("recovla-"):
+            table.notes.append(f"{run}/sim2sim: not shown (the sim2sim column is the ReCoVLA run's)")
+    for task, t in table.tasks.items():
+        _fill_base(table, task, t)
+    return table
+
+
+def _fill_base(table: Table, task: str, t: dict) -> None:
+    rank = lambda method: next((i for i, p in enumerate(_BASE_PRIORITY) if method.startswith(p)), len(_BASE_PRIORITY))  # noqa: E731
+    chosen: dict[str, tuple] = {}
+    for method, m, cell, src in sorted(t["base_candidates"], key=lambda c: rank(c[0])):
+        if m not in chosen:
+            chosen[m] = (cell, src)
+            table.put(task, m, "base", cell, src)
+        elif (cell["successes"], cell["trials"]) != (chosen[m][0]["successes"], chosen[m][0]["trials"]):
+            table.notes.append(f"{task}/{m}: base alone differs between {chosen[m][1]} ({fmt_cell(chosen[m][0])}) and {src} "
+                               f"({fmt_cell(cell)}): the runs do not share failure states or evaluation seed")
+    for method, cell, src in sorted(t["nominal_base"], key=lambda c: rank(c[0])):
+        if cell is not None:
+            table.put_nominal(task, "base", cell, src)
+            break
+    banks = {k: v for k, v in t["banks"].items() if v is not None}
+    if len({json.dumps(v, sort_keys=True) for v in banks.values()}) > 1:
+        table.notes.append(f"{task}: the runs' failure banks differ in counts ({', '.join(banks)}): "
+                           "pass --bank-dir so every method trains and evaluates on the same states")
+
+
+def _families(overrides: list[str]) -> dict[str, str]:
+    fam = dict(TASK_FAMILIES)
+    for item in overrides:
+        if "=" not in item:
+            raise SystemExit(f"--family takes TASK=FAMILY, got {item!r}")
+        k, v = item.split("=", 1)
+        fam[k.strip()] = v.strip()
+    return fam
+
+
+def build_rows(table: Table, families: dict[str, str]) -> tuple[list[str], list[dict]]:
+    """(method columns, rows): rows of kind 'mode', 'average' (per family) and 'nominal' (per task)."""
+    methods = table.methods()
+    rows: list[dict] = []
+    by_family: dict[str, list[str]] = {}
+    for task in sorted(table.tasks, key=lambda n: (families.get(n, "other"), n)):
+        by_family.setdefault(families.get(task, "other"), []).append(task)
+    for family, tasks in by_family.items():
+        for task in tasks:
+            t = table.tasks[task]
+            for m in t["modes"]:
+                rows.append({"kind": "mode", "task": task, "family": family, "row": m,
+                             "cells": {k: t["cells"].get((m, k), (None, None))[0] for k in methods},
+                             "sources": {k: t["cells"].get((m, k), (None, None))[1] for k in methods}})
+        fam_rows = [r for r in rows if r["kind"] == "mode" and r["family"] == family]
+        avg = {}
+        for k in methods:
+            rates = [r["cells"][k]["rate"] for r in fam_rows if r["cells"][k]]
+            avg[k] = {"rate": sum(rates) / len(rates), "modes": len(rates), "of": len(fam_rows)} if rates else None
+        rows.append({"kind": "average", "task": "", "family": family, "row": f"{family} average", "cells": avg, "sources": {}})
+        for task in tasks:
+            t = table.tasks[task]
+            if t["nominal"]:
+                rows.append({"kind": "nominal", "task": task, "family": family, "row": "nominal, after training",
+                             "cells": {k: t["nominal"].get(k, (None, None))[0] for k in methods},
+                             "sources": {k: t["nominal"].get(k, (None, None))[1] for k in methods}})
+    return methods, rows
+
+
+def _avg_cell(a: dict | None) -> str:
+    if not a:
+        return DASH
+    note = "" if a["modes"] == a["of"] else f" ({a['modes']}/{a['of']} modes)"
+    return f"**{100 * a['rate']:.1f}%**{note}"
+
+
+def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Path) -> str:
+    head = ["task", "family", "failure mode"] + [table.labels.get(m, m) for m in methods]
+    lines = [
+        "# ReCoVLA results table",
+        "",
+        "Success rate on held-out failure states (never trained on) with Wilson 95% CI and n = trials; every method "
+        "of a task is trained on the same train failure states with the same env-step budget and evaluated from the same "
+        "held-out states under the same seeded dynamics, noise and latency. Average rows: mean of the per-mode rates of "
+        "the family. Nominal rows: success from nominal task resets after training (does training break what worked?). "
+        f"{DASH} = not run.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        if r["kind"] == "mode":
+            cells = [fmt_cell(r["cells"][m]) for m in methods]
+            lines.append(f"| {r['task']} | {r['family']} | {r['row']} | " + " | ".join(cells) + " |")
+        elif r["kind"] == "average":
+            lines.append(f"| **{r['row']}** | | | " + " | ".join(_avg_cell(r["cells"][m]) for m in methods) + " |")
+        else:
+            cells = [fmt_cell(r["cells"][m]) for m in methods]
+            lines.append(f"| {r['task']} | {r['family']} | *{r['row']}* | " + " | ".join(cells) + " |")
+    lines += ["", "## Sources", "", "| task | column | directory | budget |", "|---|---|---|---|"]
+    for s in table.sources:
+        lines.append(f"| {s['task']} | {s['column']} | `{s['run']}` | {s['budget']} |")
+    if table.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in table.notes]
+    lines += ["", "![results](report.png)", ""]
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text
+
+
+CSV_FIELDS = ("task", "family", "row", "kind", "method", "label", "successes", "trials", "rate", "ci_low", "ci_high",
+              "modes_averaged", "source")
+
+
+def write_csv(table: Table, methods: list[str], rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            for m in methods:
+                c = r["cells"].get(m)
+                if not c:
+                    continue
+                w.writerow({"task": r["task"], "family": r["family"], "row": r["row"], "kind": r["kind"], "method": m,
+                            "label": table.labels.get(m, m), "successes": c.get("successes", ""), "trials": c.get("trials", ""),
+                            "rate": c["rate"], "ci_low": c.get("ci_low", ""), "ci_high": c.get("ci_high", ""),
+                            "modes_averaged": c.get("modes", ""), "source": r["sources"].get(m) or ""})
+
+
+def write_plot(table: Table, methods: list[str], rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = [t for t in dict.fromkeys(r["task"] for r in rows if r["kind"] != "average")]
+    shown = [m for m in methods if any(r["cells"].get(m) for r in rows if r["kind"] != "average")]
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(max(6.0, 2.2 + 1.6 * len(shown)) * max(len(tasks), 1) * 0.75, 4.2),
+                             squeeze=False)
+    width = 0.8 / max(len(shown), 1)
+    for ax, task in zip(axes[0], tasks):
+        trows = [r for r in rows if r["task"] == task and r["kind"] != "average"]
+        x = np.arange(len(trows))
+        for j, m in enumerate(shown):
+            cells = [r["cells"].get(m) for r in trows]
+            rate = np.array([c["rate"] if c else np.nan for c in cells])
+            lo = np.array([c["rate"] - c["ci_low"] if c else 0.0 for c in cells])
+            hi = np.array([c["ci_high"] - c["rate"] if c else 0.0 for c in cells])
+            ax.bar(x + (j - (len(shown) - 1) / 2) * width, rate, width, yerr=[lo, hi], capsize=2, label=table.labels.get(m, m))
+        ax.set_xticks(x, [("nominal" if r["kind"] == "nominal" else r["row"]) for r in trows], rotation=20, ha="right")
+        ax.set(ylim=(0, 1.05), ylabel="success rate (Wilson 95% CI)", title=task)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_report(runs: list[Path], out: Path, sim2sim_arm: str = "runtime_rules", families: dict[str, str] | None = None,
+                 plot: bool = True) -> dict:
+    """Collect `runs` and write report.md / report.csv / report.png into `out`; returns paths, columns and rows."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = collect([Path(r) for r in runs], sim2sim_arm)
+    if not table.tasks:
+        raise SystemExit("no finished run among --runs (none has results.json)")
+    methods, rows = build_rows(table, families or dict(TASK_FAMILIES))
+    md = write_markdown(table, methods, rows, out / "report.md")
+    write_csv(table, methods, rows, out / "report.csv")
+    if plot:
+        write_plot(table, methods, rows, out / "report.png")
+    return {"markdown": out / "report.md", "csv": out / "report.csv", "png": out / "report.png" if plot else None,
+            "methods": methods, "labels": table.labels, "rows": rows, "notes": table.notes, "text": md}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    rep = build_report(args.runs, Path(args.out), args.sim2sim_arm, _families(args.family), plot=not args.no_plot)
+    print(rep["text"])
+    print(f"\nwrote {rep['markdown']}, {rep['csv']}" + (f", {rep['png']}" if rep["png"] else ""))
+    return rep
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,268 @@
+"""Zero-shot sim-to-sim evaluation: exported ONNX policies, robot runtime, native MuJoCo, held-out dynamics.
+
+For each failure mode, every held-out failure-bank state (split == heldout) is started once per arm on
+the native MuJoCo robot with its own randomized dynamics (the same draw for every arm of a state, from a
+seed disjoint from training's):
+  base            the ONNX base policy alone (through the runtime's safety layer, recovery disabled)
+  policy          the recovery residual of the state's mode applied from the first step to the end, as the
+                  MJX evaluation did (isolates the simulator/dynamics gap)
+  runtime_oracle  the full runtime: monitor -> oracle selector (the simulator's label of the current
+                  native state) -> recovery policy -> back to base on progress/success
+  runtime_rules   the same with the rules-based selector on the (noisy) observation
+Nominal starts compare base alone with the runtime (a recovery module must not break what worked).
+Success rates come with Wilson 95% CIs and n, next to the MJX numbers of the same policies (results.json).
+Imports no JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from recovla_jax.evaluation.stats import wilson
+from recovla_jax.runtime.manifest import ExportManifest
+from recovla_jax.runtime.monitor import MonitorConfig
+from recovla_jax.runtime.onnx_policy import PolicyLibrary
+from recovla_jax.runtime.robots.base import BasePolicySource
+from recovla_jax.runtime.robots.mujoco_drawer import NativeDrawerRobot, NativeDynamics
+from recovla_jax.runtime.runtime import RecoveryRuntime
+from recovla_jax.runtime.safety import SafetyConfig
+from recovla_jax.runtime.selectors import DrawerRulesSelector, OracleSelector, Selector
+
+FAILURE_ARMS = ("base", "policy", "runtime_oracle", "runtime_rules")
+NOMINAL_ARMS = ("base", "runtime_oracle", "runtime_rules")
+STATE_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")  # a bank row (the scene has no mocap bodies: empty)
+# The whole-episode residual arm: recovery from the first step, never handed back, never re-diagnosed.
+POLICY_MONITOR = MonitorConfig(check_on_start=True, check_every=0, stall_steps=10_000, release_on="success",
+                               recovery_stall_steps=10_000, confirm_checks=1)
+
+
+@dataclass
+class Sim2SimConfig:
+    episodes_per_mode: int | None = None  # None: every held-out state
+    nominal_episodes: int = 100
+    seed: int = 0
+    max_steps: int | None = None  # None: the manifest's training episode length
+    dynamics: NativeDynamics = field(default_factory=NativeDynamics)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    safety_overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class EpisodeResult:
+    success: bool
+    steps: int
+    summary: dict
+
+
+def episode_seed(seed: int, group: str, index: int) -> int:
+    """Deterministic per-(group, state) seed; held out from training's JAX keys (different generator)."""
+    return (zlib.crc32(f"sim2sim/{seed}/{group}/{index}".encode()) & 0x7FFFFFFF) + 1_000_003
+
+
+def run_episode(robot: NativeDrawerRobot, runtime: RecoveryRuntime, start: dict | None, seed: int, max_steps: int,
+                physics_times: list[float] | None = None) -> EpisodeResult:
+    obs = robot.reset(start, seed=seed)
+    runtime.reset()
+    for k in range(max_steps):
+        action = runtime.step(obs)
+        t0 = time.perf_counter()
+        robot.apply_action(action)
+        if physics_times is not None:
+            physics_times.append(time.perf_counter() - t0)
+        obs = robot.get_observation()
+        if robot.success():
+            return EpisodeResult(True, k + 1, runtime.summary())
+    return EpisodeResult(False, max_steps, runtime.summary())
+
+
+class Sim2SimEvaluator:
+    """Builds one runtime per arm over shared ONNX sessions and runs the episodes."""
+
+    def __init__(self, export_dir: Path, manifest: ExportManifest, base: BasePolicySource, cfg: Sim2SimConfig):
+        self.manifest = manifest
+        self.cfg = cfg
+        self.max_steps = cfg.max_steps or manifest.control.episode_length
+        scene = {} if manifest.scene is None else {"scene": Path(export_dir) / manifest.scene.file}
+        self.robot = NativeDrawerRobot(cfg.dynamics, seed=cfg.seed, task_config=manifest.task_config,
+                                       ctrl_dt=manifest.control.ctrl_dt, **scene)
+        self.library = PolicyLibrary(export_dir, manifest)
+        safety = SafetyConfig.from_manifest(manifest, **cfg.safety_overrides)
+        clock = lambda: self.robot.time  # noqa: E731  (simulated time: observations are never stale here)
+        self.fixed = OracleSelector()
+        thr = manifest.progress.success_threshold
+        selectors: dict[str, Selector] = {"oracle": OracleSelector(self.robot.privileged_mode),
+                                          "rules": DrawerRulesSelector(thr)}
+
+        def rt(selector: Selector, monitor: MonitorConfig, enabled: bool = True) -> RecoveryRuntime:
+            return RecoveryRuntime(manifest, base, self.library, selector, monitor, safety, clock, enabled)
+
+        self.runtimes = {
+            "base": rt(self.fixed, cfg.monitor, enabled=False),
+            "policy": rt(self.fixed, POLICY_MONITOR),
+            "runtime_oracle": rt(selectors["oracle"], cfg.monitor),
+            "runtime_rules": rt(selectors["rules"], cfg.monitor),
+        }
+        self.physics_times: list[float] = []
+
+    def run(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...],
+            mjx_results: dict | None, on_episode: Callable[[str, str, bool], None] | None = None) -> dict:
+        cfg, man = self.cfg, self.manifest
+        out: dict = {"modes": {}, "nominal": {}}
+        held = np.asarray(bank_arrays["split"]) == 1
+        for m in man.failure_modes:
+            if m not in self.library:
+                continue
+            idx = np.flatnonzero(held & (np.asarray(bank_arrays["mode"]) == bank_modes.index(m)))
+            total_heldout = len(idx)
+            if cfg.episodes_per_mode is not None:
+                idx = idx[: cfg.episodes_per_mode]
+            if len(idx) == 0:
+                continue
+            arms: dict[str, list[EpisodeResult]] = {a: [] for a in FAILURE_ARMS}
+            for j, i in enumerate(idx):
+                start = {k: np.asarray(bank_arrays[k][i]) for k in STATE_FIELDS}
+                seed = episode_seed(cfg.seed, m, int(i))
+                self.fixed.set_label(m)
+                for arm in FAILURE_ARMS:
+                    r = run_episode(self.robot, self.runtimes[arm], start, seed, self.max_steps, self.physics_times)
+                    arms[arm].append(r)
+                    if on_episode:
+                        on_episode(m, arm, r.success)
+            mjx = (mjx_results or {}).get(m, {})
+            native = {a: _rate(rs) for a, rs in arms.items()}
+            entry = {
+                "n": int(len(idx)), "heldout_states": int(total_heldout),
+                "mjx": {"base": mjx.get("base"), "recovla": mjx.get("recovla")},
+                "native": native,
+                "gap": {
+                    "policy_minus_mjx_recovla": _gap(native["policy"], mjx.get("recovla")),
+                    "runtime_oracle_minus_mjx_recovla": _gap(native["runtime_oracle"], mjx.get("recovla")),
+                    "base_minus_mjx_base": _gap(native["base"], mjx.get("base")),
+                },
+                "runtime": {a: _aggregate([r.summary for r in rs]) for a, rs in arms.items()},
+            }
+            out["modes"][m] = entry
+        if cfg.nominal_episodes > 0:
+            arms = {a: [] for a in NOMINAL_ARMS}
+            for i in range(cfg.nominal_episodes):
+                seed = episode_seed(cfg.seed, "nominal", i)
+                for arm in NOMINAL_ARMS:
+                    r = run_episode(self.robot, self.runtimes[arm], None, seed, self.max_steps, self.physics_times)
+                    arms[arm].append(r)
+                    if on_episode:
+                        on_episode("nominal", arm, r.success)
+            out["nominal"] = {"n": cfg.nominal_episodes, "native": {a: _rate(rs) for a, rs in arms.items()},
+                              "runtime": {a: _aggregate([r.summary for r in rs]) for a, rs in arms.items()}}
+        modes = list(out["modes"])
+        if modes:
+            out["average"] = {a: float(np.mean([out["modes"][m]["native"][a]["rate"] for m in modes])) for a in FAILURE_ARMS}
+            mjx_r = [out["modes"][m]["mjx"]["recovla"] for m in modes]
+            mjx_b = [out["modes"][m]["mjx"]["base"] for m in modes]
+            out["average"]["mjx_recovla"] = float(np.mean([r["rate"] for r in mjx_r])) if all(mjx_r) else None
+            out["average"]["mjx_base"] = float(np.mean([r["rate"] for r in mjx_b])) if all(mjx_b) else None
+        out["latency_ms"] = self.latency()
+        return out
+
+    def latency(self) -> dict:
+        """Median and p99 wall time per control step (ms): base policy, residual ONNX, whole runtime step, physics."""
+        def stats(xs: list[float]) -> dict | None:
+            if not xs:
+                return None
+            a = np.asarray(xs) * 1e3
+            return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "n": int(a.size)}
+
+        rts = self.runtimes.values()
+        return {
+            "base_policy": stats([x for r in rts for x in r.timings.base]),  # ONNX in process, or an openpi round trip
+            "residual_onnx": stats([x for r in rts for x in r.timings.residual]),
+            "runtime_step": stats([x for r in rts for x in r.timings.step]),
+            "native_physics_control_step": stats(self.physics_times),
+        }
+
+
+def _rate(results: list[EpisodeResult]) -> dict:
+    return wilson(sum(r.success for r in results), len(results)).as_dict()
+
+
+def _gap(native: dict, mjx: dict | None) -> float | None:
+    return None if mjx is None else float(native["rate"] - mjx["rate"])
+
+
+def _aggregate(summaries: list[dict]) -> dict:
+    """Mean per episode of runtime counters (switches, recovery steps, safety interventions, watchdog holds)."""
+    if not summaries:
+        return {}
+    keys = ("recovery_steps", "safety_interventions", "watchdog_holds")
+    out = {k: statistics.fmean(s[k] for s in summaries) for k in keys}
+    out["switches"] = statistics.fmean(s["events"].get("switch", 0) for s in summaries)
+    out["episodes_with_recovery"] = int(sum(s["recovery_steps"] > 0 for s in summaries))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _fmt(r: dict | None) -> str:
+    if not r:
+        return "n/a"
+    return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] (n={r['trials']})"
+
+
+def _pp(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f} pp"
+
+
+def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    jpath, mpath = out_dir / "sim2sim.json", out_dir / "sim2sim.md"
+    jpath.write_text(json.dumps(results, indent=2))
+    c = results["config"]
+    lines = [
+        f"# Zero-shot sim-to-sim: task `{results['task']}`, native MuJoCo",
+        "",
+        f"- exported policies: `{results['export_dir']}`; base source `{c['base']}`; seed {c['seed']}; "
+        f"{results['max_steps']} control steps per episode at {results['rate_hz']:.0f} Hz",
+        f"- held-out dynamics per episode: friction x{c['dynamics']['friction']}, mass x{c['dynamics']['mass']}, "
+        f"damping x{c['dynamics']['damping']}, actuator gain x{c['dynamics']['actuator_gain']}, observation noise "
+        f"{c['dynamics']['obs_noise_std']}, action latency {c['dynamics']['action_latency_steps']} steps, start jitter "
+        f"{c['dynamics']['start_noise']} m",
+        "- arms: `base` alone; `policy` = residual on for the whole episode (the MJX protocol); `runtime` = monitor + "
+        "selector (oracle: simulator label of the native state; rules: observation) + switching + safety",
+        "",
+        "## Recovery from held-out failure states (Wilson 95% CI)",
+        "",
+        "| failure mode | MJX base | MJX ReCoVLA | native base | native policy | native runtime (oracle) | native runtime (rules) | gap policy vs MJX |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, e in results["modes"].items():
+        n = e["native"]
+        note = "" if e["n"] == e["heldout_states"] else f" (first {e['n']} of {e['heldout_states']})"
+        lines.append(f"| {m}{note} | {_fmt(e['mjx']['base'])} | {_fmt(e['mjx']['recovla'])} | {_fmt(n['base'])} | "
+                     f"{_fmt(n['policy'])} | {_fmt(n['runtime_oracle'])} | {_fmt(n['runtime_rules'])} | "
+                     f"{_pp(e['gap']['policy_minus_mjx_recovla'])} |")
+    if "average" in results:
+        a = results["average"]
+        f = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+        lines.append(f"| **average** | {f(a['mjx_base'])} | {f(a['mjx_recovla'])} | {f(a['base'])} | {f(a['policy'])} | "
+                     f"{f(a['runtime_oracle'])} | {f(a['runtime_rules'])} | |")
+    if results.get("nominal"):
+        nom = results["nominal"]
+        lines += ["", "## Nominal task (runtime must not break what worked)", "",
+                  "| arm | success | episodes with a recovery switch | mean switches |", "|---|---|---|---|"]
+        for arm, r in nom["native"].items():
+            rt = nom["runtime"][arm]
+            lines.append(f"| {arm} | {_fmt(r)} | {rt.get('episodes_with_recovery', 0)} | {rt.get('switches', 0):.2f} |")
+    lat = results["latency_ms"]
+    lines += ["", "## Latency per control step (ms, this machine)", "", "| part | median | p99 | n |", "|---|---|---|---|"]
+    for k, v in lat.items():
+        if v:
+            lines.append(f"| {k} | {v['median']:.3f} | {v['p99']:.3f} | {v['n']} |")
+    lines += ["", f"Wall time {results['wall_seconds']:.1f} s."]
+    mpath.write_text("\n".join(lines) + "\n")
+    return jpath, mpath

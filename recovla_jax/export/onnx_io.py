@@ -1,0 +1,88 @@
+"""Convert a JAX function to ONNX and write it only if onnxruntime reproduces JAX on given observations.
+
+`write_verified` serialises to a temporary file beside the destination, runs that exact file in
+onnxruntime on every observation set, compares each output with the JAX reference, and only then
+renames it into place (atomic on one filesystem). A model that fails is deleted and `ParityError`
+names the set, output, error and worst observation; nothing is left at the destination.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+DEFAULT_OPSET = 17  # onnxruntime >= 1.13; everything these MLPs need (Gemm, Sigmoid, Tanh, Clip, Slice)
+DEFAULT_TOLERANCE = 1e-5
+
+
+class ParityError(RuntimeError):
+    """ONNX output differs from JAX beyond the tolerance: the model was not written."""
+
+
+def to_onnx_model(fn: Callable, input_size: int, input_name: str, output_names: list[str], model_name: str,
+                  opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """ONNX model of `fn(x[batch, input_size]) -> output(s)` with a dynamic batch dimension."""
+    from jax2onnx import to_onnx
+
+    model = to_onnx(fn, inputs=[("batch", input_size)], input_names=[input_name], output_names=output_names,
+                    model_name=model_name, opset=opset)
+    onnx.checker.check_model(model)
+    return model
+
+
+def run_onnx(path_or_bytes: Path | bytes, x: np.ndarray) -> dict[str, np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes, opts,
+                                providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {sess.get_inputs()[0].name: np.asarray(x, np.float32)})
+    return {o.name: v for o, v in zip(sess.get_outputs(), outs)}
+
+
+def parity(onnx_out: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
+    """Output name -> (max abs error, index of the worst row); NaN anywhere counts as infinite error."""
+    res = {}
+    for name, ref in reference.items():
+        if name not in onnx_out:
+            raise ParityError(f"ONNX model has no output {name!r} (outputs: {sorted(onnx_out)})")
+        diff = np.abs(np.asarray(onnx_out[name], np.float64) - np.asarray(ref, np.float64))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        per_row = diff.reshape(len(diff), -1).max(axis=1)
+        worst = int(np.argmax(per_row))
+        res[name] = (float(per_row[worst]), worst)
+    return res
+
+
+def write_verified(model: onnx.ModelProto, dest: Path, reference: Callable[[np.ndarray], dict[str, np.ndarray]],
+                   checks: dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Write `model` to `dest` only if it matches `reference` on every observation set in `checks`.
+
+    Returns {"max_abs_error": {"<set>/<output>": err}, "counts": {set: n}}; raises ParityError otherwise.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(model.SerializeToString())
+    errors: dict[str, float] = {}
+    try:
+        for set_name, x in checks.items():
+            got = run_onnx(tmp, x)
+            want = {k: np.asarray(v) for k, v in reference(x).items()}
+            for out_name, (err, worst) in parity(got, want).items():
+                errors[f"{set_name}/{out_name}"] = err
+                if not err <= tolerance:
+                    raise ParityError(
+                        f"refusing to write {dest.name}: output {out_name!r} differs from JAX by {err:.3g} "
+                        f"(tolerance {tolerance:g}) on {set_name} observation #{worst} of {len(x)}; "
+                        f"ONNX {np.asarray(got[out_name])[worst].round(6).tolist()} vs JAX {np.asarray(want[out_name])[worst].round(6).tolist()}"
+                    )
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {"max_abs_error": errors, "counts": {k: int(len(v)) for k, v in checks.items()}}

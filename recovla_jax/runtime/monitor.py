@@ -1,0 +1,106 @@
+"""Failure monitor: decides when to ask the selector, and when a recovery has done its job.
+
+Triggers for a diagnosis while the base policy drives: the first step of an episode (start from an
+unknown state), task progress stalled for `stall_steps`, a timeout, and a periodic check (by default
+only while progress has not moved for `check_every` steps: a drawer that is opening is not failing, and
+per-state labels fire transiently during normal grasping and pulling). A diagnosis must repeat
+`confirm_checks` times, `confirm_every` steps apart, before the runtime switches. During a
+recovery: success, or progress resumed (`resume_progress` beyond where recovery started), returns
+control to the base; a recovery that makes no progress for `recovery_stall_steps` is re-diagnosed.
+Progress is one scalar from the observation (the manifest's `progress` field, e.g. drawer opening).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MonitorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    check_on_start: bool = True
+    check_every: int = Field(10, ge=0, description="periodic selector check every N control steps (0: off)")
+    periodic_requires_stall: bool = Field(True, description="skip periodic checks while progress moved in the last check_every steps")
+    confirm_checks: int = Field(2, ge=1, description="same diagnosis this many times in a row before switching")
+    confirm_every: int = Field(3, ge=1, description="steps between confirming selector calls")
+    stall_steps: int = Field(25, ge=1, description="no progress for this many steps triggers a diagnosis")
+    progress_eps: float = Field(0.002, gt=0, description="progress increase that counts as progress")
+    timeout_steps: int = Field(0, ge=0, description="diagnose once when the task is not done after N steps (0: off)")
+    # "success": the recovery policy keeps control until the task succeeds. Measured on drawer (native
+    # MuJoCo, noise + latency): handing back after 2 cm of progress ("progress") let the base fail again
+    # (missed_handle 37.8% vs 70.3% with "success").
+    release_on: Literal["progress", "success"] = "success"
+    resume_progress: float = Field(0.02, gt=0, description="progress beyond the recovery's start that hands back to base")
+    recovery_stall_steps: int = Field(50, ge=1, description="re-diagnose a recovery without progress for N steps")
+
+
+class FailureMonitor:
+    """Per-episode progress bookkeeping; call `update` once per control step, then ask."""
+
+    def __init__(self, cfg: MonitorConfig, success_threshold: float):
+        self.cfg = cfg
+        self.success_threshold = success_threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self.t = 0
+        self.progress = float("-inf")
+        self.best = float("-inf")
+        self.last_improved = 0
+        self.last_stall_trigger = 0
+        self.recovery_start_t: int | None = None
+        self.recovery_start_progress = 0.0
+        self.timed_out = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.progress >= self.success_threshold
+
+    def update(self, progress: float) -> None:
+        self.t += 1
+        self.progress = float(progress)
+        if self.t == 1 or self.progress > self.best + self.cfg.progress_eps:
+            self.best = self.progress
+            self.last_improved = self.t
+
+    def diagnosis_trigger(self) -> str | None:
+        """Why the selector should be asked now (base policy driving), or None."""
+        if self.succeeded:
+            return None
+        c = self.cfg
+        if self.t == 1 and c.check_on_start:
+            return "start"
+        if c.timeout_steps and self.t >= c.timeout_steps and not self.timed_out:
+            self.timed_out = True
+            return "timeout"
+        if self.t - self.last_improved >= c.stall_steps and self.t - self.last_stall_trigger >= c.stall_steps:
+            self.last_stall_trigger = self.t
+            return "stall"
+        if c.check_every and self.t % c.check_every == 0:
+            if not c.periodic_requires_stall or self.t - self.last_improved >= c.check_every:
+                return "periodic"
+        return None
+
+    def begin_recovery(self) -> None:
+        self.recovery_start_t = self.t
+        self.recovery_start_progress = self.progress
+        self.last_improved = self.t
+
+    def end_recovery(self) -> None:
+        self.recovery_start_t = None
+        self.last_stall_trigger = self.t
+
+    def recovery_status(self) -> str | None:
+        """'success' / 'progress resumed' (hand back to base), 'recovery stalled' (re-diagnose) or None."""
+        if self.succeeded:
+            return "success"
+        if self.cfg.release_on == "progress" and self.progress >= self.recovery_start_progress + self.cfg.resume_progress:
+            return "progress resumed"
+        assert self.recovery_start_t is not None
+        since = self.t - max(self.last_improved, self.recovery_start_t)
+        if since >= self.cfg.recovery_stall_steps:
+            self.last_improved = self.t  # next re-diagnosis only after another full window
+            return "recovery stalled"
+        return None

@@ -1,0 +1,200 @@
+"""RecoveryRuntime: base policy by default, a recovery residual when a failure is diagnosed.
+
+Each control step: watchdog (stale or non-finite observation -> hold, report) -> base action -> failure
+monitor -> (base mode) maybe ask the selector and switch to the recovery policy of the diagnosed mode /
+(recovery mode) hand back to the base on success or resumed progress, re-diagnose a stalled recovery ->
+residual -> safety filter -> action. Every switch, diagnosis, safety intervention and watchdog hold is
+an event (structured list, also sent to the `recovla.runtime` logger). Imports no JAX.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from recovla_jax.runtime.manifest import ExportManifest
+from recovla_jax.runtime.monitor import FailureMonitor, MonitorConfig
+from recovla_jax.runtime.onnx_policy import PolicyLibrary
+from recovla_jax.runtime.robots.base import BasePolicySource, Observation
+from recovla_jax.runtime.safety import SafetyConfig, SafetyFilter, Watchdog
+from recovla_jax.runtime.selectors import Selector
+
+logger = logging.getLogger("recovla.runtime")
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    step: int
+    time: float
+    kind: str  # "switch" | "diagnosis" | "safety" | "watchdog"
+    detail: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+TIMING_WINDOW = 200_000  # most recent steps kept (bounded: a robot runs for hours)
+
+
+@dataclass
+class StepTimings:
+    """Wall-clock seconds spent per step in the base policy, the residual policy and the whole step."""
+
+    base: deque = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
+    residual: deque = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
+    step: deque = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
+
+
+class RecoveryRuntime:
+    """Drives one robot episode at the control rate; see the module docstring for the step order."""
+
+    def __init__(
+        self,
+        manifest: ExportManifest,
+        base: BasePolicySource,
+        library: PolicyLibrary | Mapping[str, Any],
+        selector: Selector,
+        monitor: MonitorConfig | None = None,
+        safety: SafetyConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        enabled: bool = True,
+    ):
+        self.manifest = manifest
+        self.base = base
+        self.library = library
+        self.selector = selector
+        self.enabled = enabled
+        self.clock = clock
+        self.safety = SafetyFilter(safety or SafetyConfig.from_manifest(manifest))
+        self.watchdog = Watchdog(manifest.control.ctrl_dt, self.safety.cfg.stale_after_periods)
+        self.monitor = FailureMonitor(monitor or MonitorConfig(), manifest.progress.success_threshold)
+        self.progress_index = manifest.observation.index(manifest.progress.field).start
+        self.timings = StepTimings()
+        self.reset()
+
+    # ------------------------------------------------------------------------------------------ state
+    def reset(self) -> None:
+        self.t = 0
+        self.mode: str | None = None
+        self.events: list[RuntimeEvent] = []
+        self.last_grip = -1.0
+        self.stale = False
+        self.pending: tuple[str, int, int, str] | None = None  # (mode, confirmations, next check step, trigger)
+        self.counts = {"recovery_steps": 0, "watchdog_holds": 0, "safety_interventions": 0}
+        self.monitor.reset()
+        self.base.reset()
+
+    def _event(self, kind: str, level: int, msg: str, **detail) -> None:
+        self.events.append(RuntimeEvent(self.t, self.clock(), kind, detail))
+        logger.log(level, "step %d %s: %s", self.t, kind, msg)
+
+    def _switch(self, to: str | None, reason: str) -> None:
+        frm = self.mode
+        self.mode = to
+        self.pending = None
+        if to is not None:
+            self.monitor.begin_recovery()
+            policy = self.library[to].entry.name
+        else:
+            self.monitor.end_recovery()
+            policy = None
+        self._event("switch", logging.INFO, f"{frm or 'base'} -> {to or 'base'} ({reason})",
+                    frm=frm, to=to, policy=policy, reason=reason)
+
+    def _diagnose(self, obs: Observation, trigger: str) -> str | None:
+        selected = self.selector.select(obs)
+        usable = selected if selected in self.library else None
+        self._event("diagnosis", logging.DEBUG, f"trigger={trigger} selector={self.selector.name} -> {selected}",
+                    trigger=trigger, selector=self.selector.name, selected=selected, has_policy=usable is not None)
+        return usable
+
+    def _base_mode_diagnosis(self, obs: Observation) -> None:
+        """Trigger -> selector; switch once the same mode was diagnosed `confirm_checks` times in a row."""
+        cfg = self.monitor.cfg
+        trigger = self.monitor.diagnosis_trigger()
+        if self.pending is not None and self.t >= self.pending[2]:
+            mode = self._diagnose(obs, "confirm")
+            cand, n, _, first = self.pending
+            self.pending = None
+            if mode is not None and mode == cand:
+                n += 1
+                if n >= cfg.confirm_checks:
+                    self._switch(mode, f"{first}: selector {self.selector.name} diagnosed {mode} ({n}x)")
+                    return
+                self.pending = (mode, n, self.t + cfg.confirm_every, first)
+            elif mode is not None:
+                self.pending = (mode, 1, self.t + cfg.confirm_every, "confirm")
+            return
+        if trigger is None or self.pending is not None or self.monitor.succeeded:
+            return
+        mode = self._diagnose(obs, trigger)
+        if mode is None:
+            return
+        if cfg.confirm_checks <= 1:
+            self._switch(mode, f"{trigger}: selector {self.selector.name} diagnosed {mode}")
+        else:
+            self.pending = (mode, 1, self.t + cfg.confirm_every, trigger)
+
+    # ------------------------------------------------------------------------------------------ step
+    def step(self, obs: Observation) -> np.ndarray:
+        """The 7-D action to execute for this control period."""
+        t0 = time.perf_counter()
+        self.t += 1
+        problem = self.watchdog.check(obs.state, obs.timestamp, self.clock())
+        if problem is not None:
+            self.counts["watchdog_holds"] += 1
+            if not self.stale:
+                self._event("watchdog", logging.WARNING, f"hold position: {problem}", reason=problem)
+            self.stale = True
+            return self.safety.hold(self.last_grip)
+        if self.stale:
+            self._event("watchdog", logging.WARNING, "fresh observation: control resumes", reason="recovered")
+            self.stale = False
+
+        tb = time.perf_counter()
+        base_action = np.asarray(self.base.act(obs), float)
+        self.timings.base.append(time.perf_counter() - tb)
+        self.monitor.update(float(obs.state[self.progress_index]))
+
+        if self.enabled:
+            if self.mode is None:
+                self._base_mode_diagnosis(obs)
+            else:
+                status = self.monitor.recovery_status()
+                if status in ("success", "progress resumed"):
+                    self._switch(None, status)
+                elif status == "recovery stalled":
+                    mode = self._diagnose(obs, status)
+                    if mode != self.mode:
+                        self._switch(mode, f"{status}: selector {self.selector.name} now says {mode}")
+
+        residual = None
+        if self.mode is not None:
+            self.counts["recovery_steps"] += 1
+            tr = time.perf_counter()
+            residual = self.library[self.mode].residual(obs.state, base_action, self.mode)
+            self.timings.residual.append(time.perf_counter() - tr)
+        action, notes = self.safety.apply(obs.state, base_action, residual, self.last_grip)
+        if notes:
+            self.counts["safety_interventions"] += 1
+            self._event("safety", logging.WARNING, ", ".join(notes), interventions=notes, mode=self.mode)
+        self.last_grip = float(action[6])
+        self.timings.step.append(time.perf_counter() - t0)
+        return action
+
+    def summary(self) -> dict:
+        kinds: dict[str, int] = {}
+        for e in self.events:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        return {"steps": self.t, "mode": self.mode, "events": kinds, **self.counts}
+
+
+def build_runtime(directory: str | Path, manifest: ExportManifest, base: BasePolicySource, selector: Selector, **kw) -> RecoveryRuntime:
+    """Convenience: a runtime with the manifest's recovery library (one ONNX session per policy)."""
+    return RecoveryRuntime(manifest, base, PolicyLibrary(directory, manifest), selector, **kw)

@@ -1,0 +1,110 @@
+"""ONNX export: verified models, manifest, refusal of corrupted models, any checkpoint step."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from pydantic import ValidationError
+
+from recovla_jax.export.onnx_io import ParityError, run_onnx
+from recovla_jax.export.run_reader import RunDirError
+from recovla_jax.runtime.manifest import ExportManifest, ManifestError, load_manifest
+
+
+def test_export_writes_verified_models_and_manifest(fake_run, fake_export):
+    m = load_manifest(fake_export)  # validates and checks every sha256
+    assert m.task == "drawer" and m.observation.size == 24 and m.residual_observation.size == 43
+    assert m.control.rate_hz == pytest.approx(50.0) and m.control.sim_substeps == 4
+    assert [p.name for p in m.recovery_policies] == ["conditioned", "missed_handle"]
+    for entry in [m.base_policy, *m.recovery_policies]:
+        assert entry.parity.passed and entry.parity.counts["random"] >= 1000 and entry.parity.counts["bank"] >= 1000
+        assert max(entry.parity.max_abs_error.values()) <= 1e-5
+    cond = next(p for p in m.recovery_policies if p.name == "conditioned")
+    assert cond.modes == ["slipped_off", "misaligned_gripper"] and cond.checkpoint_step == 10  # latest by default
+    assert cond.descriptor_features["slipped_off"][:3] == [0.0, 1.0, 0.0]
+    assert cond.descriptor_features["misaligned_gripper"][:3] == [0.0, 0.0, 1.0]
+    # The two outputs agree with each other: action = clip(base slice + residual).
+    x = np.random.default_rng(0).normal(size=(64, 43)).astype(np.float32)
+    out = run_onnx((fake_export / cond.file).read_bytes(), x)
+    np.testing.assert_allclose(out["action"], np.clip(x[:, 24:31] + out["residual"], -1, 1), atol=1e-6)
+    assert np.all(np.abs(out["residual"]) <= cond.alpha + 1e-6)
+
+
+def test_export_cli_older_step_single_policy(fake_run, fake_export, tmp_path):
+    from experiments.export import main
+
+    m = main([f"--run={fake_run}", "--policy=missed_handle", "--step=5", f"--out={tmp_path}"])
+    assert [p.name for p in m.recovery_policies] == ["missed_handle"] and m.recovery_policies[0].checkpoint_step == 5
+    latest = load_manifest(fake_export)
+    assert m.recovery_policies[0].sha256 != next(p for p in latest.recovery_policies if p.name == "missed_handle").sha256
+    with pytest.raises(SystemExit):
+        main([f"--run={fake_run}", "--step=7", f"--out={tmp_path / 'x'}"])
+    with pytest.raises(RunDirError, match=r"available steps: \[5, 10\]"):
+        from recovla_jax.export.exporter import export_run
+
+        export_run(fake_run, tmp_path / "y", step=7, log=lambda *_: None)
+    assert not (tmp_path / "y").exists()  # failed before writing anything
+
+
+def _flip_first_weight(name: str, model: onnx.ModelProto, target: str) -> None:
+    if name != target:
+        return
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the largest weight matrix
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr.flat[0] = -arr.flat[0] + 0.5
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+
+
+def test_corrupted_model_is_refused(fake_run, tmp_path):
+    from recovla_jax.export.exporter import export_run
+
+    out = tmp_path / "export"
+    with pytest.raises(ParityError, match=r"refusing to write recovery_missed_handle\.onnx: output '\w+' differs from JAX"):
+        export_run(fake_run, out, policies=["missed_handle"], log=lambda *_: None,
+                   tamper=lambda n, m: _flip_first_weight(n, m, "missed_handle"))
+    assert (out / "base_policy.onnx").exists()  # verified before the corrupted one
+    assert not (out / "recovery_missed_handle.onnx").exists() and not (out / "manifest.json").exists()
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def test_manifest_rejects_wrong_sizes_and_changed_files(fake_export, tmp_path):
+    raw = json.loads((fake_export / "manifest.json").read_text())
+    bad = json.loads(json.dumps(raw))
+    bad["observation"]["size"] = 25
+    with pytest.raises(ValidationError, match="observation fields cover 24 floats but the observation size is 25"):
+        ExportManifest.model_validate(bad)
+    bad = json.loads(json.dumps(raw))
+    bad["recovery_policies"][0]["inputs"][0]["shape"] = ["batch", 42]
+    with pytest.raises(ValidationError, match=r"input 'residual_obs' has shape \['batch', 42\], but the observation size is 43"):
+        ExportManifest.model_validate(bad)
+    bad = json.loads(json.dumps(raw))
+    bad["recovery_policies"][0]["modes"] = ["fell_over"]
+    with pytest.raises(ValidationError, match="unknown failure mode 'fell_over'"):
+        ExportManifest.model_validate(bad)
+    # A model file changed after export is caught by its sha256.
+    for f in fake_export.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "base_policy.onnx").write_bytes((tmp_path / "base_policy.onnx").read_bytes() + b"\0")
+    with pytest.raises(ManifestError, match="sha256 of base_policy.onnx"):
+        load_manifest(tmp_path)
+
+
+def test_run_from_another_scene_version_is_refused(fake_run, tmp_path):
+    """A run whose bank states do not fit the current scene (e.g. made before the cabinet got joints) is refused."""
+    import shutil
+
+    from recovla_jax.export.exporter import export_run
+    from recovla_jax.failures.bank import FailureBank
+
+    run = tmp_path / "old-run"
+    shutil.copytree(fake_run / "policies", run / "policies")
+    bank = FailureBank.load(fake_run / "bank")
+    arrays = dict(bank.arrays, qpos=bank.arrays["qpos"][:, :9],
+                  mocap_pos=np.zeros((len(bank), 1, 3), np.float32), mocap_quat=np.zeros((len(bank), 1, 4), np.float32))
+    FailureBank(bank.task, bank.modes, bank.stages, arrays, bank.meta).save(run / "bank")
+    with pytest.raises(RunDirError, match=r"bank states have 9 qpos but the current scene .* has 13: .* re-train"):
+        export_run(run, tmp_path / "export", log=lambda *_: None)
+    assert not (tmp_path / "export").exists()

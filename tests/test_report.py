@@ -1,0 +1,245 @@
+"""Results table (experiments.report) on fixture runs, the benchmark suite's commands, the full reward mask,
+and the fine-tuned-base baseline starting exactly at the BC base."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from recovla_jax.evaluation.stats import wilson
+
+MODES = ("missed_handle", "slipped_off", "misaligned_gripper")
+
+
+def _w(s: int, n: int) -> dict:
+    return wilson(s, n).as_dict()
+
+
+def _write(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _main_run(root: Path, name: str, *, selector: str, mask: str = "selected", resolved: str | None = None,
+              recovla: dict, base: dict, counts: dict | None = None) -> Path:
+    run = root / name
+    _write(run / "config.json", {"task": "drawer", "selector": selector, "mask": mask, "policy": "per-mode", "num_envs": 128,
+                                 "timesteps": 250_000, "device": {"platform": "cpu", "device_count": 1}})
+    counts = counts or {m: {"train": 30, "heldout": 20} for m in MODES}
+    _write(run / "results.json", {"task": "drawer", "selector": resolved or selector, "mask": mask, "policy": "per-mode",
+                                  "modes": {m: {"base": base[m], "recovla": recovla[m]} for m in recovla},
+                                  "bank": {"counts": counts}})
+    return run
+
+
+@pytest.fixture()
+def fixture_runs(tmp_path):
+    base = {m: _w(1, 20) for m in MODES}
+    main = _main_run(tmp_path, "recovla", selector="auto", resolved="rules",
+                     recovla={"missed_handle": _w(15, 20), "slipped_off": _w(10, 20), "misaligned_gripper": _w(20, 20)}, base=base)
+    budget = {"num_envs": 128, "timesteps_per_policy": 250_000, "budget_matches_run": True}
+    _write(main / "baselines" / "finetune" / "results.json", {
+        "method": "finetune", "budget": budget, "device": {"platform": "cpu"},
+        "modes": {m: {"policy": _w(5, 20)} for m in MODES},
+        "nominal": {"policy": _w(40, 96), "base": _w(90, 96)}})
+    _write(main / "baselines" / "residual-full" / "results.json", {
+        "method": "residual-full", "device": {"platform": "cpu"},
+        "budget": {**budget, "num_envs": 32, "timesteps_per_policy": 20_000, "budget_matches_run": False,
+                   "run_num_envs": 128, "run_timesteps_per_policy": 250_000},
+        "modes": {m: {"policy": _w(8, 20), "base": base[m]} for m in MODES},
+        "base_matches_run": {m: True for m in MODES},
+        "nominal": {"policy": _w(85, 96), "base": _w(90, 96)}})
+    _write(main / "baselines" / "nominal" / "results.json", {"nominal": {"policy": _w(88, 96), "base": _w(91, 96)}})
+    _write(main / "sim2sim" / "sim2sim.json", {
+        "modes": {m: {"n": 10, "heldout_states": 20, "native": {"base": _w(0, 10), "policy": _w(6, 10),
+                                                                "runtime_oracle": _w(7, 10), "runtime_rules": _w(5, 10)}}
+                  for m in MODES},
+        "nominal": {"n": 20, "native": {"base": _w(19, 20), "runtime_oracle": _w(18, 20), "runtime_rules": _w(17, 20)}}})
+    # oracle run: two modes only, and a different base on one of them (a note, not an error)
+    oracle_base = {**base, "slipped_off": _w(3, 20)}
+    oracle = _main_run(tmp_path, "oracle", selector="oracle",
+                       recovla={"missed_handle": _w(18, 20), "slipped_off": _w(12, 20)}, base=oracle_base)
+    unfinished = tmp_path / "unfinished"
+    _write(unfinished / "config.json", {"task": "drawer", "selector": "auto"})
+    return [main, oracle, unfinished]
+
+
+def test_infer_run_method():
+    from experiments.report import infer_run_method
+
+    assert infer_run_method({"selector": "auto", "mask": "selected"}, {"selector": "gemini"}) == (
+        "recovla-gemini", "ReCoVLA (gemini)")
+    assert infer_run_method({"selector": "oracle"}, None)[0] == "oracle-mask"
+    assert infer_run_method({"selector": "oracle", "mask": "wrong"}, {"selector": "oracle"})[0] == "wrong-mask"
+    assert infer_run_method({"selector": "rules", "policy": "conditioned"}, None)[0] == "recovla-rules-conditioned"
+
+
+def test_report_builder_on_fixture_runs(tmp_path, fixture_runs):
+    from experiments.report import CSV_FIELDS, DASH, main
+
+    rep = main(["--runs", *map(str, fixture_runs), "--out", str(tmp_path / "report")])
+    assert rep["methods"] == ["base", "finetune", "residual-full", "recovla-rules", "oracle-mask", "wrong-mask", "sim2sim"]
+    text = rep["markdown"].read_text()
+    lines = {ln.split("|")[3].strip(): [c.strip() for c in ln.split("|")[4:-1]] for ln in text.splitlines()
+             if ln.startswith("| ") and ln.count("|") > 8 and not ln.startswith("| task")}
+    # row missed_handle: base, finetune, residual-full, ReCoVLA, oracle, wrong (missing), sim2sim (runtime_rules arm)
+    mh = lines["missed_handle"]
+    assert mh[0] == "5.0% [0.9, 23.6] n=20"
+    assert mh[1].startswith("25.0% [") and mh[2].startswith("40.0% [") and mh[3].startswith("75.0% [")
+    assert mh[4].startswith("90.0% [") and mh[5] == DASH and mh[6].startswith("50.0% [") and mh[6].endswith("n=10")
+    assert lines["misaligned_gripper"][4] == DASH  # the oracle run has no result for this mode
+    assert lines["misaligned_gripper"][3] == "100.0% [83.9, 100.0] n=20"
+    avg = next(ln for ln in text.splitlines() if "short-horizon average" in ln).split("|")[4:-1]
+    assert avg[3].strip() == "**75.0%**"  # (75 + 50 + 100) / 3
+    assert avg[4].strip() == "**75.0%** (2/3 modes)"  # (90 + 60) / 2
+    assert avg[5].strip() == DASH
+    nominal = lines["*nominal, after training*"]
+    assert nominal[0].startswith("94.8% [") and nominal[0].endswith("n=96")  # base from the run's nominal results
+    assert nominal[1].startswith("41.7% [") and nominal[3].startswith("91.7% [") and nominal[4] == DASH
+    assert nominal[6].startswith("85.0% [") and nominal[6].endswith("n=20")
+    assert "ReCoVLA sim2sim (runtime_rules)" in text and "| fine-tuned base |" in text.replace("base alone | ", "")
+    notes = "\n".join(rep["notes"])
+    assert "unfinished: no results.json" in notes
+    assert "slipped_off: base alone differs" in notes
+    assert "budget different" in notes and "first 10 of 20" in notes
+    with rep["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_FIELDS
+    cell = next(r for r in rows if r["row"] == "slipped_off" and r["method"] == "recovla-rules")
+    assert (int(cell["successes"]), int(cell["trials"]), float(cell["rate"])) == (10, 20, 0.5)
+    assert cell["source"].endswith("recovla")
+    assert not any(r["method"] == "wrong-mask" for r in rows)
+    assert {r["kind"] for r in rows} == {"mode", "average", "nominal"}
+    assert rep["png"].stat().st_size > 10_000
+
+
+def test_report_sim2sim_arm_choice(tmp_path, fixture_runs):
+    from experiments.report import build_report
+
+    rep = build_report(fixture_runs[:1], tmp_path / "r", sim2sim_arm="policy", plot=False)
+    row = next(r for r in rep["rows"] if r["row"] == "missed_handle")
+    assert row["cells"]["sim2sim"]["rate"] == 0.6
+    nominal = next(r for r in rep["rows"] if r["kind"] == "nominal")
+    assert nominal["cells"]["sim2sim"]["rate"] == 0.85  # no 'policy' arm on nominal starts: runtime_rules
+    assert any("uses arm runtime_rules" in n for n in rep["notes"])
+
+
+def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
+    from experiments import benchmark_suite
+
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("--dry-run must not run anything"))
+    out = tmp_path / "bench"
+    steps = benchmark_suite.main(["--dry-run", "--budget=reduced", "--tasks", "drawer", f"--out={out}"])
+    printed = capsys.readouterr().out
+    assert "REDUCED budget" in printed and "not the results" in printed
+    cmds = [" ".join(s.argv) for s in steps]
+    assert all(c in printed for c in (s.shell(benchmark_suite.sys.executable) for s in steps))
+    bank = out / "drawer" / "recovla" / "bank"
+    train = [c for c in cmds if "experiments.train" in c]
+    assert len(train) == 3 and all("--timesteps=40000" in c and "--num-envs=64" in c for c in train)
+    assert "--selector=auto" in train[0] and "--bank-dir" not in train[0]
+    assert "--selector=oracle" in train[1] and f"--bank-dir={bank}" in train[1]
+    assert "--mask=wrong" in train[2] and f"--bank-dir={bank}" in train[2]
+    for method in ("finetune", "residual-full"):
+        assert any(f"--method={method}" in c and f"--run={out / 'drawer' / 'recovla'}" in c for c in cmds)
+    assert sum("--method=nominal" in c for c in cmds) == 3
+    assert any("experiments.export" in c for c in cmds)
+    assert any("experiments.evaluate" in c and "--episodes-per-mode=20" in c for c in cmds)
+    assert "experiments.report" in cmds[-1]
+    assert all(str(out / "drawer" / r) in cmds[-1] for r in ("recovla", "oracle-mask", "wrong-mask"))
+    # the exact order: runs before their consumers
+    order = [s.name for s in steps]
+    assert order.index("drawer: ReCoVLA (selector auto)") < order.index("drawer: baseline finetune") < order.index("results table")
+
+    full = benchmark_suite.build_steps(["drawer"], out, "full")
+    assert not any("--timesteps" in " ".join(s.argv) for s in full)
+    from recovla_jax.utils.jax_setup import on_accelerator
+
+    assert benchmark_suite.resolve_budget("auto")[0] == ("full" if on_accelerator() else "reduced")
+
+
+def test_full_reward_mask(drawer_task):
+    from recovla_jax.rewards.compiler import RewardMaskError, mask_to_weights
+    from recovla_jax.rewards.full_mask import full_reward_mask, full_reward_weights
+    from recovla_jax.rewards.library import component_names
+
+    mask = full_reward_mask(drawer_task)
+    for name in drawer_task.reward_component_descriptions:
+        assert mask[name] == 1.0
+    assert mask["success"] == 12.0 == drawer_task.oracle_masks["missed_handle"]["success"]
+    assert mask["residual_magnitude"] == 0.1 and "action_magnitude" not in mask
+    w = full_reward_weights(drawer_task)
+    names = component_names(drawer_task)
+    assert w.shape == (len(drawer_task.failure_modes), len(names)) and (w == w[0]).all()
+    np.testing.assert_array_equal(w[0], mask_to_weights(drawer_task, mask))
+    assert w[0][names.index("action_magnitude")] == 0.0
+    assert full_reward_mask(drawer_task, residual_penalty=0.0)["residual_magnitude"] == 0.0
+    bad = SimpleNamespace(name="toy", reward_component_descriptions={"reach": ""},
+                          oracle_masks={"a": {"reach": 1.0, "success": 5.0}, "b": {"reach": 1.0, "success": 7.0}})
+    with pytest.raises(RewardMaskError, match="disagree"):
+        full_reward_mask(bad)
+    with pytest.raises(RewardMaskError, match="success"):
+        full_reward_mask(SimpleNamespace(name="toy", reward_component_descriptions={"reach": ""},
+                                         oracle_masks={"a": {"reach": 2.0}}))
+
+
+def test_baselines_budget_and_conditions(tmp_path):
+    from experiments.baselines import eval_conditions, load_run, resolve_budget, train_defaults
+
+    bank = tmp_path / "elsewhere"
+    _write(bank / "bank.json", {})
+    (bank / "bank.npz").write_bytes(b"")
+    _write(tmp_path / "run" / "config.json", {"task": "drawer", "num_envs": 128, "timesteps": 250_000, "bank_dir": str(bank),
+                                              "seed": 3, "policy": "per-mode"})
+    info = load_run(tmp_path / "run")
+    assert info["bank_dir"] == bank and info["results"] is None
+    defaults = train_defaults()  # main-job flags the config lacks are filled in with the main job's defaults
+    assert (info["config"]["alpha"], info["config"]["episode_length"]) == (defaults["alpha"], defaults["episode_length"])
+    args = SimpleNamespace(num_envs=None, timesteps=None, policy=None)
+    assert resolve_budget(info["config"], args) == {"num_envs": 128, "timesteps_per_policy": 250_000, "policy": "per-mode",
+                                                    "budget_matches_run": True}
+    assert not resolve_budget(info["config"], SimpleNamespace(num_envs=32, timesteps=20_000, policy=None))["budget_matches_run"]
+    cond = eval_conditions(info["config"], None)
+    assert cond["seed"] == 10_003 and cond["domain_randomization"] and cond["start_jitter_m"] == 0.005
+    assert eval_conditions(info["config"], {"eval_conditions": {"seed": 7}})["seed"] == 7
+
+
+def test_finetune_policy_at_init_is_the_bc_base(drawer_task, fake_run):
+    """The fine-tuned base starts as an exact copy of the BC base: deterministic action == base action."""
+    import jax
+    import jax.numpy as jnp
+
+    from recovla_jax.failures.bank import FailureBank
+    from recovla_jax.policies.base_policy import BasePolicy, bc_network, make_bc_apply
+    from recovla_jax.rewards.full_mask import full_reward_weights
+    from recovla_jax.sim.wrappers import wrap_batched
+    from recovla_jax.training.finetune_env import FinetuneEnv, FinetunePPOTrainer
+    from recovla_jax.training.ppo import PPOConfig
+
+    bank = FailureBank.load(fake_run / "bank")
+    obs = bank.arrays["obs"]
+    hidden = (32, 24)
+    params = {"net": bc_network(hidden, 7).init(jax.random.PRNGKey(5), jnp.zeros(24))["params"],
+              "obs_mean": jnp.asarray(obs.mean(0)), "obs_std": jnp.asarray(obs.std(0) + 1e-3)}
+    base = BasePolicy("toy-bc", make_bc_apply(hidden, 7), params, {})
+    env = FinetuneEnv(drawer_task, base, bank, full_reward_weights(drawer_task), start_noise=0.0, obs_noise=0.0, latency_prob=0.0)
+    assert env.observation_size == drawer_task.observation_size
+    trainer = FinetunePPOTrainer(wrap_batched(env, 4, 10), PPOConfig(num_envs=4, unroll_length=2, num_minibatches=1,
+                                                                     total_timesteps=8), base)
+    assert trainer.cfg.actor_hidden == hidden and not trainer.cfg.normalize_obs
+    ts = trainer.init(jax.random.PRNGKey(0))
+    far = obs[:4] + 5.0 * obs.std(0) * np.random.default_rng(0).standard_normal((4, 24)).astype(np.float32)
+    for o in (np.asarray(ts.env_state.obs), far):  # env starts, and observations far outside the base's data
+        raw = trainer.policy_fn(ts.params, ts.normalizer, jnp.asarray(o), deterministic=True)
+        action, residual = jax.vmap(env.executed_action)(jnp.asarray(o), raw)
+        np.testing.assert_allclose(np.asarray(action), np.asarray(base(jnp.asarray(o))), atol=1e-5)
+        assert float(jnp.abs(residual).max()) == 0.0
+    # the policy observes the task observation of a bank state (no noise, no jitter here), nothing else
+    dist = np.abs(np.asarray(ts.env_state.obs)[:, None, :] - obs[None]).max(-1).min(-1)
+    assert (dist < 1e-4).all(), dist

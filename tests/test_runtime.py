@@ -1,0 +1,414 @@
+"""Robot runtime: no JAX, safety limits, watchdog, switching, openpi protocol, native MuJoCo == MJX task."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from recovla_jax.runtime.manifest import load_manifest
+from recovla_jax.runtime.monitor import FailureMonitor, MonitorConfig
+from recovla_jax.runtime.robots.base import Observation
+from recovla_jax.runtime.runtime import RecoveryRuntime
+from recovla_jax.runtime.selectors import OracleSelector
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKED = ("jax", "jaxlib", "flax", "brax", "optax", "orbax", "jax2onnx", "chex")
+
+
+# ---------------------------------------------------------------------------------------------- no JAX
+def test_runtime_and_native_evaluation_run_without_jax(fake_run, fake_export, tmp_path):
+    """The whole robot side (runtime, native robot, openpi client, sim2sim CLI) with JAX unimportable."""
+    out = tmp_path / "sim2sim"
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        BLOCKED = {BLOCKED!r}
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"{{name}} is blocked: the runtime must not import JAX")
+        sys.meta_path.insert(0, Block())
+        import recovla_jax.runtime.drawer_rules  # shared with the JAX task: must load nothing heavy
+        assert "onnxruntime" not in sys.modules and "pydantic" not in sys.modules
+        import recovla_jax.runtime, recovla_jax.runtime.runtime, recovla_jax.runtime.robots.mujoco_drawer
+        import recovla_jax.runtime.robots.openpi, recovla_jax.evaluation.sim2sim
+        from experiments.evaluate import main
+        main(["--run={fake_run}", "--export-dir={fake_export}", "--out={out}", "--episodes-per-mode=1",
+              "--nominal-episodes=1", "--max-steps=12", "--base=openpi-local"])
+        loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set(BLOCKED))
+        assert not loaded, loaded
+        print("NO_JAX_OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "NO_JAX_OK" in proc.stdout
+    res = json.loads((out / "sim2sim.json").read_text())
+    assert set(res["modes"]) == {"missed_handle", "slipped_off", "misaligned_gripper"}
+    for e in res["modes"].values():
+        assert e["n"] == 1 and set(e["native"]) == {"base", "policy", "runtime_oracle", "runtime_rules"}
+        assert e["mjx"]["recovla"]["trials"] == 4 and e["gap"]["policy_minus_mjx_recovla"] is not None
+    assert res["nominal"]["n"] == 1 and res["latency_ms"]["base_policy"]["n"] > 0
+    assert "| missed_handle" in (out / "sim2sim.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- stubs
+class StubBase:
+    def __init__(self, action=None):
+        self.action = np.zeros(7) if action is None else np.asarray(action, float)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: Observation) -> np.ndarray:
+        return self.action
+
+
+class StubPolicy:
+    """A recovery policy that returns whatever the test scripts (huge, NaN, ...)."""
+
+    def __init__(self, outputs):
+        self.outputs = list(outputs)
+        self.entry = SimpleNamespace(name="stub")
+
+    def residual(self, state, base, mode):
+        return self.outputs.pop(0) if self.outputs else np.full(7, 0.01)
+
+
+def _obs(progress: float = 0.0, t: float = 0.0, tcp=(0.3, 0.0, 0.3)) -> Observation:
+    s = np.zeros(24, np.float32)
+    s[0:3] = tcp
+    s[22] = progress
+    return Observation(s, t)
+
+
+def _runtime(manifest, library, base=None, label="missed_handle", clock=lambda: 0.0, **monitor):
+    sel = OracleSelector()
+    sel.set_label(label)
+    cfg = MonitorConfig(**{"confirm_checks": 1, **monitor})
+    return RecoveryRuntime(manifest, base or StubBase(), library, sel, cfg, clock=clock), sel
+
+
+# ---------------------------------------------------------------------------------------------- safety
+def test_safety_limits_hold_under_adversarial_residuals(fake_export, caplog):
+    m = load_manifest(fake_export)
+    bad = [np.full(7, 1e9), np.full(7, np.nan), np.array([np.inf, -np.inf, 0, 0, 0, 0, 1]), np.full(7, -1e30),
+           np.random.default_rng(0).normal(size=7) * 1e6, np.array([0, 0, 0, np.nan, 0, 0, 0])]
+    rt, _ = _runtime(m, {"missed_handle": StubPolicy(bad)}, base=StubBase([0.9, -0.9, 0.5, 0, 0, 0, 1.0]))
+    cap, lo, hi, mt = m.safety.max_residual_norm, np.array(m.safety.workspace.low), np.array(m.safety.workspace.high), m.action.max_translation
+    tcp = (hi + lo) / 2
+    with caplog.at_level(logging.WARNING, logger="recovla.runtime"):
+        for _ in bad:
+            a = rt.step(_obs(tcp=tcp))
+            assert np.all(np.isfinite(a)) and np.all(a >= m.action.low) and np.all(a <= m.action.high)
+            assert np.linalg.norm(a - rt.base.action) <= cap + 1e-9
+    notes = [n for e in rt.events if e.kind == "safety" for n in e.detail["interventions"]]
+    assert "residual_norm_capped" in notes and "residual_nonfinite_dropped" in notes
+    assert "residual_nonfinite_dropped" in caplog.text
+    # Workspace: at the high corner, base pushing outward on x and z gets no outward motion.
+    rt2, _ = _runtime(m, {"missed_handle": StubPolicy([np.full(7, 0.5)])}, base=StubBase([1, -1, 1, 0, 0, 0, 0]))
+    corner = hi - np.array([0.001, 0.0, 0.0])
+    a = rt2.step(_obs(tcp=corner))
+    assert np.all(corner + a[:3] * mt <= hi + 1e-6) and np.all(corner + a[:3] * mt >= lo - 1e-6)  # float32 obs
+    assert "workspace_limited" in rt2.events[-1].detail["interventions"]
+    # A non-finite base action means hold: no motion, gripper command kept.
+    rt3, _ = _runtime(m, {}, base=StubBase(np.full(7, np.nan)))
+    np.testing.assert_array_equal(rt3.step(_obs()), [0, 0, 0, 0, 0, 0, -1.0])
+
+
+def test_stale_observations_trigger_watchdog(fake_export, caplog):
+    m = load_manifest(fake_export)
+    now = {"t": 10.0}
+    rt, _ = _runtime(m, {}, base=StubBase([0.5, 0, 0, 0, 0, 0, 1.0]), clock=lambda: now["t"], label=None)
+    a = rt.step(_obs(t=10.0))
+    assert a[0] == 0.5 and a[6] == 1.0
+    with caplog.at_level(logging.WARNING, logger="recovla.runtime"):
+        for _ in range(3):  # 5 control periods old (limit: 3)
+            held = rt.step(_obs(t=10.0 - 5 * m.control.ctrl_dt))
+            np.testing.assert_array_equal(held, [0, 0, 0, 0, 0, 0, 1.0])  # hold position, keep the grip
+    assert "stale observation" in caplog.text
+    nan_obs = Observation(np.full(24, np.nan, np.float32), now["t"])
+    np.testing.assert_array_equal(rt.step(nan_obs), [0, 0, 0, 0, 0, 0, 1.0])
+    assert rt.step(_obs(t=now["t"]))[0] == 0.5  # fresh data: control resumes
+    dog = [e for e in rt.events if e.kind == "watchdog"]
+    assert [e.detail["reason"].split(":")[0] for e in dog] == ["stale observation", "recovered"]
+    assert rt.counts["watchdog_holds"] == 4
+
+
+# ---------------------------------------------------------------------------------------------- switching
+def test_runtime_switches_on_diagnosis_and_back_on_progress(fake_export, caplog):
+    m = load_manifest(fake_export)
+    res = np.array([0.1, 0, 0, 0, 0, 0, 0])
+    rt, sel = _runtime(m, {"missed_handle": StubPolicy([res] * 100)}, confirm_checks=2, confirm_every=3,
+                       release_on="progress")
+    with caplog.at_level(logging.INFO, logger="recovla.runtime"):
+        acts = [rt.step(_obs(0.0)) for _ in range(4)]  # start check at 1, confirmed at 4
+    assert rt.mode == "missed_handle" and acts[2][0] == 0.0 and acts[3][0] == pytest.approx(0.1)
+    sw = [e for e in rt.events if e.kind == "switch"]
+    assert sw[0].step == 4 and "start: selector oracle diagnosed missed_handle (2x)" in sw[0].detail["reason"]
+    assert "base -> missed_handle" in caplog.text
+    sel.set_label(None)
+    rt.step(_obs(0.01))
+    assert rt.mode == "missed_handle"
+    rt.step(_obs(0.025))  # 2.5 cm beyond the recovery's start: progress resumed, back to base
+    assert rt.mode is None and rt.events[-1].detail["reason"] == "progress resumed"
+    for p in np.linspace(0.03, 0.16, 20):
+        a = rt.step(_obs(p))
+    assert a[0] == 0.0 and rt.mode is None and len([e for e in rt.events if e.kind == "switch"]) == 2
+    # Disabled runtime: base alone, never diagnoses.
+    off = RecoveryRuntime(m, StubBase(), {"missed_handle": StubPolicy([])}, sel, enabled=False, clock=lambda: 0.0)
+    sel.set_label("missed_handle")
+    assert all(off.step(_obs()).sum() == 0 for _ in range(30)) and not off.events
+
+
+def test_monitor_triggers():
+    mon = FailureMonitor(MonitorConfig(stall_steps=5, check_every=4, timeout_steps=12), success_threshold=0.15)
+    got = []
+    for t in range(14):
+        mon.update(0.01 * t if t < 3 else 0.02)
+        got.append(mon.diagnosis_trigger())
+    assert got[0] == "start" and got[7] == "stall" and got[11] == "timeout"
+    assert got[3] is None  # periodic check skipped while progress moved in the last 4 steps
+    mon.update(0.2)
+    assert mon.succeeded and mon.diagnosis_trigger() is None
+
+
+# ---------------------------------------------------------------------------------------------- openpi
+def test_openpi_client_roundtrip_with_local_server(fake_export):
+    from recovla_jax.runtime.onnx_policy import OnnxBasePolicy
+    from recovla_jax.runtime.robots.openpi import OpenPIBasePolicy, OpenPIClient, serve_policy
+
+    seen = []
+
+    def infer(obs: dict) -> dict:
+        seen.append(obs)
+        if obs.get("prompt") == "fail":
+            raise ValueError("model exploded")
+        s = obs["observation/state"]
+        return {"actions": np.stack([s[:7] + i for i in range(4)]).astype(np.float32), "step": np.int64(len(seen))}
+
+    server, thread = serve_policy(infer, metadata={"policy": "stub", "action_horizon": 4})
+    try:
+        port = server.socket.getsockname()[1]
+        client = OpenPIClient("127.0.0.1", port)
+        assert client.metadata == {"policy": "stub", "action_horizon": 4}
+        base = OpenPIBasePolicy(client, prompt="open the drawer", replan_every=2)
+        state = np.arange(24, dtype=np.float32) / 10
+        acts = [base.act(Observation(state, 0.0)) for _ in range(3)]
+        np.testing.assert_allclose(acts[0], state[:7]) and np.testing.assert_allclose(acts[1], state[:7] + 1)
+        np.testing.assert_allclose(acts[2], state[:7])  # replanned after 2 steps
+        assert len(seen) == 2 and seen[0]["prompt"] == "open the drawer"
+        assert seen[0]["observation/state"].dtype == np.float32 and seen[0]["observation/state"].shape == (24,)
+        reply = client.infer({"observation/state": state, "prompt": ""})
+        assert reply["actions"].shape == (4, 7) and reply["step"] == 3 and isinstance(reply["step"], np.int64)
+        bad = OpenPIClient("127.0.0.1", port)
+        with pytest.raises(RuntimeError, match="model exploded"):
+            bad.infer({"prompt": "fail"})
+        client.close()
+    finally:
+        server.shutdown()
+        thread.join(5)
+    # The ONNX base served through the protocol gives the same actions as in process.
+    m = load_manifest(fake_export)
+    onnx_base = OnnxBasePolicy(fake_export, m.base_policy)
+    server, thread = serve_policy(lambda o: {"actions": onnx_base.act(o["observation/state"])[None].astype(np.float32)})
+    try:
+        client = OpenPIClient("127.0.0.1", server.socket.getsockname()[1])
+        x = np.random.default_rng(1).normal(size=24).astype(np.float32)
+        np.testing.assert_allclose(OpenPIBasePolicy(client).act(Observation(x, 0.0)), onnx_base.act(x), atol=1e-7)
+        client.close()
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+# ---------------------------------------------------------------------------------------------- native == MJX
+@pytest.fixture(scope="module")
+def mjx_side(drawer_task):
+    """Jitted JAX task functions on given states: forward -> (observation, label, stage, ctrl of each action)."""
+    import jax
+    import jax.numpy as jnp
+    from mujoco import mjx
+
+    from recovla_jax.sim import gripper as grip
+
+    task = drawer_task
+    model = mjx.put_model(task.mj_model)
+
+    @jax.jit
+    def fn(qpos, qvel, ctrl, actions):
+        d = mjx.forward(model, task.data_template.replace(qpos=qpos, qvel=qvel, ctrl=ctrl))
+        label, stage = task.label(task.privileged(model, d))
+        ctrls = jax.vmap(lambda a: grip.action_to_ctrl(task.gripper, task.limits, qpos, a))(actions)
+        return task.observe(model, d), label, stage, ctrls
+
+    return lambda s, actions: jax.device_get(fn(*(jnp.asarray(s[k], jnp.float32) for k in ("qpos", "qvel", "ctrl")),
+                                                jnp.asarray(actions, jnp.float32)))
+
+
+def _failure_like(robot, rng, variant: int) -> dict:
+    """A native state, then pushed into each failure label's region (closed beside, slipped, twisted)."""
+    robot.reset()
+    for _ in range(int(rng.integers(0, 10))):
+        robot.apply_action(rng.uniform(-1, 1, 7))
+    d, sc = robot.data, robot.scene
+    qpos = d.qpos.copy()
+    if variant == 1:
+        qpos[sc.grip.finger_qpos] = 0.0
+    elif variant == 2:
+        qpos[sc.drawer_qpos] = 0.08
+    elif variant == 3:
+        qpos[sc.grip.arm_qpos[3]] += 1.0
+    return {"qpos": qpos, "qvel": d.qvel.copy(), "ctrl": d.ctrl.copy()}
+
+
+def test_native_observation_ctrl_and_label_match_mjx_task(drawer_task, mjx_side):
+    from recovla_jax.runtime import drawer_rules
+    from recovla_jax.runtime.gripper import action_to_ctrl
+    from recovla_jax.runtime.robots.mujoco_drawer import NativeDrawerRobot, NativeDynamics
+
+    task = drawer_task
+    rng = np.random.default_rng(0)
+    robot = NativeDrawerRobot(NativeDynamics.nominal(), seed=0)
+    labels = []
+    for i in range(12):
+        s = _failure_like(robot, rng, i % 4)
+        robot.reset(s)
+        actions = rng.uniform(-1.5, 1.5, (6, 7))
+        actions[0] = 0.0
+        obs, label, stage, ctrls = mjx_side(s, actions)
+        native = robot.true_state()
+        np.testing.assert_allclose(native, obs, atol=1e-5)
+        # One set of rules: the runtime's label, the JAX labeller and the diagnosis hook agree.
+        assert drawer_rules.label(native, 0.15) == (int(label), int(stage))
+        rules = drawer_rules.classify(native)
+        assert task.rules_classify(native) == (rules.closest_mode, rules.stage, rules.reason)
+        if label >= 0:
+            assert rules.closest_mode == task.failure_modes[int(label)]
+        labels.append(int(label))
+        for a, c in zip(actions, ctrls):
+            np.testing.assert_allclose(action_to_ctrl(robot.scene.grip, s["qpos"], a), c, atol=1e-5)
+    assert {0, 1, 2} <= set(labels), labels  # every failure label was exercised
+
+
+def _check_nominal_start(scene, ranges, qpos, qvel, ctrl, obs) -> np.ndarray:
+    """Assert one nominal start follows DrawerTask.reset's recipe under `ranges`; return its draws scaled to [-1, 1]."""
+    from recovla_jax.runtime import rotations
+    from recovla_jax.runtime.drawer_rules import OBS
+    from recovla_jax.runtime.gripper import FINGER_OPEN, hold_ctrl
+
+    r, tol = ranges, 1e-5
+    off, yaw = qpos[scene.cabinet_qpos[:3]], qpos[scene.cabinet_qpos[3]]
+    cab_rot = rotations.euler_zyx_to_mat(yaw, 0.0, 0.0)
+    # handle = cabinet pose (joints) applied to the handle's offset; the pull axis is the cabinet's x
+    np.testing.assert_allclose(obs[OBS["handle_pos"]], scene.cabinet_home + off + cab_rot @ scene.handle_offset, atol=tol)
+    np.testing.assert_allclose(obs[OBS["drawer_axis"]], cab_rot[:, 0], atol=tol)
+    local = cab_rot.T @ (obs[OBS["tcp_pos"]] - obs[OBS["handle_pos"]])  # TCP relative to the handle, cabinet frame
+    g_yaw, pitch, roll = qpos[scene.grip.arm_qpos[3:]]
+    np.testing.assert_allclose(qpos[scene.grip.finger_qpos], FINGER_OPEN, atol=tol)
+    assert abs(qpos[scene.drawer_qpos]) < tol and np.all(qvel == 0) and abs(obs[OBS["drawer_opening"]][0]) < tol
+    np.testing.assert_allclose(ctrl, hold_ctrl(scene.grip, qpos, -1.0), atol=tol)  # holds the pose, jaws open
+    lo, hi = r.gripper_distance
+    draws = np.array([off[0] / r.cabinet_xy_range, off[1] / r.cabinet_xy_range, off[2] / r.cabinet_z_range,
+                      yaw / r.cabinet_yaw_range, 2 * (local[0] - lo) / (hi - lo) - 1, local[1] / r.gripper_lateral_range,
+                      local[2] / r.gripper_lateral_range, (g_yaw - yaw) / r.gripper_yaw_range, pitch / r.gripper_tilt_range,
+                      roll / r.gripper_tilt_range])
+    assert np.all(np.abs(draws) <= 1 + 1e-3), draws
+    return draws
+
+
+def test_native_nominal_reset_matches_task_reset(drawer_task, mjx_side):
+    """NumPy nominal starts follow DrawerTask.reset: same recipe, ranges from the task config, same support;
+    their native observation equals task.observe on the same state."""
+    import jax
+    from mujoco import mjx
+
+    from recovla_jax.runtime.drawer import DrawerNominalRanges
+    from recovla_jax.runtime.robots.mujoco_drawer import NativeDrawerRobot, NativeDynamics
+    from recovla_jax.tasks.drawer import DrawerConfig
+
+    task, n = drawer_task, 48
+    assert DrawerNominalRanges.from_task_config(DrawerConfig().model_dump()) == DrawerNominalRanges()
+    model = mjx.put_model(task.mj_model)
+    reset = jax.jit(jax.vmap(lambda k: (lambda d: (d.qpos, d.qvel, d.ctrl, task.observe(model, d)))(task.reset(model, k))))
+    robot = NativeDrawerRobot(NativeDynamics.nominal(), seed=0)
+    sc = robot.scene
+    out = [np.asarray(x, np.float64) for x in jax.device_get(reset(jax.random.split(jax.random.PRNGKey(0), n)))]
+    jax_draws = np.array([_check_nominal_start(sc, robot.ranges, *(x[i] for x in out)) for i in range(n)])
+    custom = DrawerConfig(cabinet_xy_range=0.1, cabinet_z_range=0.02, cabinet_yaw_range=0.6, gripper_distance=(0.1, 0.3),
+                          gripper_lateral_range=0.05, gripper_yaw_range=0.2, gripper_tilt_range=0.3).model_dump()
+    for cfg in ({}, custom):
+        robot = NativeDrawerRobot(NativeDynamics.nominal(), seed=1, task_config=cfg)
+        draws = []
+        for i in range(n):
+            s = sc.nominal_state(robot.rng, robot.ranges)
+            assert set(s) == {"qpos", "qvel", "ctrl"}
+            robot.reset(s)
+            native = robot.true_state()
+            draws.append(_check_nominal_start(sc, robot.ranges, s["qpos"], s["qvel"], s["ctrl"], native))
+            if i < 4:
+                np.testing.assert_allclose(native, mjx_side(s, np.zeros((1, 7)))[0], atol=1e-5)
+        draws = np.array(draws)
+        if not cfg:  # NumPy and JAX starts span the same box (each draw is uniform over [-1, 1] scaled)
+            for d in (draws, jax_draws):
+                assert np.all(d.min(0) < -0.7) and np.all(d.max(0) > 0.7), (d.min(0), d.max(0))
+    assert np.abs(draws[:, 3]).max() > 0.3 / 0.6  # custom yaw range used (beyond the default 0.3 rad)
+
+
+def test_bank_rows_start_the_native_robot_and_other_scenes_are_refused(fake_run):
+    from recovla_jax.failures.bank import FailureBank
+    from recovla_jax.runtime.drawer import DrawerScene
+    from recovla_jax.runtime.robots.mujoco_drawer import SCENE, NativeDrawerRobot, NativeDynamics
+
+    bank = FailureBank.load(fake_run / "bank")
+    assert bank.arrays["mocap_pos"].shape[1:] == (0, 3)  # the scene has no mocap bodies
+    robot = NativeDrawerRobot(NativeDynamics.nominal())
+    for i in range(3):
+        row = {k: bank.arrays[k][i] for k in ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")}
+        obs = robot.reset(row)
+        np.testing.assert_allclose(obs.state, bank.arrays["obs"][i], atol=1e-6)
+    row["qpos"] = row["qpos"][:-4]  # the old scene's size (no cabinet joints)
+    with pytest.raises(ValueError, match=r"start state has 9 qpos .* another version of the scene"):
+        robot.reset(row)
+    import mujoco
+
+    xml = SCENE.read_text().replace('<body name="cabinet" pos="0 0 0.3" gravcomp="1">', '<body name="cabinet" mocap="true" pos="0 0 0.3">')
+    xml = "\n".join(line for line in xml.splitlines() if 'name="cab_' not in line or "geom" in line)
+    old = mujoco.MjModel.from_xml_string(xml)
+    assert old.nmocap == 1
+    with pytest.raises(ValueError, match=r"no cabinet joints .* re-train"):
+        DrawerScene(old)
+
+
+def test_numpy_twins_match_jax():
+    """runtime.rotations == sim.rotations on random inputs; the rules' observation slices == the task's layout."""
+    import jax.numpy as jnp
+
+    from recovla_jax.runtime import drawer_rules
+    from recovla_jax.runtime import rotations as np_rot
+    from recovla_jax.sim import rotations as jax_rot
+    from recovla_jax.tasks.drawer import DrawerTask
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        e = rng.uniform([-3, -1.5, -3], [3, 1.5, 3])
+        m = np_rot.euler_zyx_to_mat(*e)
+        np.testing.assert_allclose(m, jax_rot.euler_zyx_to_mat(*jnp.asarray(e, jnp.float32)), atol=1e-6)
+        np.testing.assert_allclose(np_rot.mat_to_euler_zyx(m), jax_rot.mat_to_euler_zyx(jnp.asarray(m, jnp.float32)), atol=2e-5)
+        v = rng.normal(size=3) * rng.choice([1e-7, 0.1, 1.0])
+        r = np_rot.axis_angle_to_mat(v)
+        np.testing.assert_allclose(r, jax_rot.axis_angle_to_mat(jnp.asarray(v, jnp.float32)), atol=1e-6)
+        np.testing.assert_allclose(np_rot.mat_to_axis_angle(r), jax_rot.mat_to_axis_angle(jnp.asarray(r, jnp.float32)), atol=2e-5)
+    assert drawer_rules.FAILURE_MODES == DrawerTask.failure_modes and drawer_rules.RECOVERY_STAGES == DrawerTask.recovery_stages
+    layout = {f.name: f.size for f in DrawerTask.obs_fields}
+    assert {k: s.stop - s.start for k, s in drawer_rules.OBS.items()} == layout and sum(layout.values()) == drawer_rules.OBS_SIZE
+    start = 0
+    for f in DrawerTask.obs_fields:
+        assert drawer_rules.OBS[f.name].start == start
+        start += f.size

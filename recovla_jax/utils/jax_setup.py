@@ -1,7 +1,8 @@
 """Process-wide JAX settings every entry point applies before it compiles anything.
 
-Why: MJX programs take tens of seconds to compile on CPU, so the persistent compilation cache turns a
-second run's start-up from minutes into seconds; and PPO is sensitive to TF32 matmuls on Ampere/Ada
+Why: MJX programs take tens of seconds to compile on CPU, so the persistent compilation cache should turn a
+second run's start-up from minutes into seconds (measured 2026-11-25: the PPO training step still misses it in
+a new process - its cache key differs between processes; see benchmarks/train_throughput.py --cache=cold); and PPO is sensitive to TF32 matmuls on Ampere/Ada
 GPUs, so matmul precision defaults to "highest" (override with JAX_DEFAULT_MATMUL_PRECISION).
 """
 

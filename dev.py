@@ -49,7 +49,11 @@ def main(argv: list[str]) -> int:
         return 2
     ensure_env()
     cmd = [str(PY), *COMMANDS[argv[0]], *argv[1:]]
-    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    # A fixed hash seed keeps traced programs identical across processes, so JAX's persistent compilation
+    # cache hits on the second run (measured: PPO train step 31 s cold -> 10 s; with random hash seeds the
+    # cache key differed in every process).
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"),
+               PYTHONHASHSEED=os.environ.get("PYTHONHASHSEED", "0"))
     rc = subprocess.call(cmd, cwd=ROOT, env=env)
     if argv[0] == "test" and rc == 5:
         print("[dev] pytest collected no tests: that is a failure, not a pass", file=sys.stderr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, )
         result["second_process_compile_s"] = json.loads(out.stdout.strip().splitlines()[-1])["train_step_compile_s"]
         result["persistent_cache_dir"] = args.xla_cache_dir
+        # Only a fixed hash seed makes the second process's program (and cache key) identical to the first's.
+        result["python_hash_seed"] = os.environ.get("PYTHONHASHSEED")
     result.update(task=args.task, device=device_summary(), versions=package_versions(),
                   command="python -m benchmarks.train_throughput " + " ".join(sys.argv[1:] if argv is None else argv))
     print(json.dumps(result, indent=2))

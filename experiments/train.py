@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> Path:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                    num_processes=args.num_processes, process_id=args.process_id)
-    from recovla_jax.utils.jax_setup import configure_jax
+    from recovla_jax.utils.jax_setup import configure_jax, warn_if_hash_seed_random
 
     configure_jax()
+    warn_if_hash_seed_random()
     from experiments.pipeline import run_pipeline
 
     return run_pipeline(args)

@@ -1,8 +1,12 @@
 """Process-wide JAX settings every entry point applies before it compiles anything.
 
-Why: MJX programs take tens of seconds to compile on CPU, so the persistent compilation cache should turn a
-second run's start-up from minutes into seconds (measured 2026-11-25: the PPO training step still misses it in
-a new process - its cache key differs between processes; see benchmarks/train_throughput.py --cache=cold); and PPO is sensitive to TF32 matmuls on Ampere/Ada
+Why: MJX programs take tens of seconds to compile on CPU, so the persistent compilation cache turns a
+second run's start-up from minutes into seconds - provided PYTHONHASHSEED is fixed: with Python's random
+hash seed some set/dict order leaks into the traced program and its cache key changes in every process
+(measured: two identical processes, train step 31 s cold then 10 s from the cache with PYTHONHASHSEED=0;
+with a random seed every process missed; `benchmarks/train_throughput --cache=cold`, whose second process is
+invoked differently, still misses - not yet explained). `dev.py` sets it;
+`warn_if_hash_seed_random()` tells users who run the modules directly; and PPO is sensitive to TF32 matmuls on Ampere/Ada
 GPUs, so matmul precision defaults to "highest" (override with JAX_DEFAULT_MATMUL_PRECISION).
 """
 
@@ -26,6 +30,13 @@ def configure_jax(cache_dir: Path | None = None) -> Path:
     if "JAX_DEFAULT_MATMUL_PRECISION" not in os.environ:
         jax.config.update("jax_default_matmul_precision", "highest")
     return cache
+
+
+def warn_if_hash_seed_random(log=print) -> None:
+    """Say when PYTHONHASHSEED is unset: the persistent compilation cache then misses in every new process."""
+    if os.environ.get("PYTHONHASHSEED") in (None, "", "random"):
+        log("note: PYTHONHASHSEED is not set, so JAX's persistent compilation cache cannot be reused by the next "
+            "run (set PYTHONHASHSEED=0, as `python3 dev.py ...` does)")
 
 
 def device_summary() -> dict:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recovla_jax.evaluation.rollout import run_until_success
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.sim.randomization import RANDOMIZED_FIELDS, DomainRandomization, batched_models
 from recovla_jax.sim.wrappers import using_model
@@ -44,17 +45,7 @@ class RecoveryEvaluator:
         def one(model, index, key, params, use_residual):
             with using_model(env, model) as e:
                 state = e.reset_to(index, key)
-
-                def body(carry, _):
-                    s, done = carry
-                    raw = policy_apply(params, s.obs) * use_residual
-                    nxt = e.step(s, raw)
-                    done_now = done | (nxt.metrics["success"] > 0)
-                    nxt = jax.tree.map(lambda a, b: jnp.where(done, a, b), s, nxt)
-                    return (nxt, done_now), None
-
-                (_, done), _ = jax.lax.scan(body, (state, jnp.zeros((), bool)), None, length=num_steps)
-            return done
+                return run_until_success(e, state, lambda obs: policy_apply(params, obs) * use_residual, num_steps)
 
         def run(params, indices, use_residual):
             keys = jax.vmap(lambda i: jax.random.fold_in(self.k_starts, i))(indices)
@@ -80,17 +71,3 @@ class RecoveryEvaluator:
     def success(self, params: Any, indices: np.ndarray, use_residual: bool = True) -> dict:
         ok = self.outcomes(params, indices, use_residual)
         return wilson(int(ok.sum()), int(ok.size)).as_dict()
-
-
-def evaluate_recovery(
-    env: ResidualEnv,
-    residual_actor: Callable[[jnp.ndarray], jnp.ndarray] | None,
-    num_steps: int,
-    seed: int,
-    randomization: DomainRandomization | None,
-) -> dict:
-    """Success (Wilson CI, n) from every start state of `env` with a closed-over deterministic actor
-    (`None` = base alone). Convenience for tests and one-off checks; the main job uses `RecoveryEvaluator`."""
-    actor = residual_actor or (lambda obs: jnp.zeros(obs.shape[:-1] + (7,)))
-    ev = RecoveryEvaluator(env, lambda _params, obs: actor(obs), num_steps, seed, randomization)
-    return ev.success(jnp.zeros(()), np.arange(env.num_starts))

@@ -46,3 +46,20 @@ def _where_rows(mask: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarra
     if a.ndim == 0 or a.shape[0] != mask.shape[0]:
         return b
     return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+
+def run_until_success(env: TaskEnv, state: State, action_fn: Callable[[jnp.ndarray], jnp.ndarray], num_steps: int) -> jnp.ndarray:
+    """One (unbatched) episode of `num_steps` control steps from `state`: did it ever reach success?
+
+    The env is frozen at its first success, like a terminated episode. Call it inside `using_model` to
+    run on a per-env (randomized) model, and vmap it over states.
+    """
+
+    def body(carry, _):
+        s, done = carry
+        nxt = env.step(s, action_fn(s.obs))
+        nxt = jax.tree.map(lambda a, b: jnp.where(done, a, b), s, nxt)
+        return (nxt, done | (nxt.metrics["success"] > 0)), None
+
+    (_, done), _ = jax.lax.scan(body, (state, jnp.zeros((), bool)), None, length=num_steps)
+    return done

@@ -21,7 +21,7 @@ import numpy as np
 from mujoco import mjx
 from pydantic import BaseModel, ConfigDict, Field
 
-from recovla_jax.evaluation.rollout import rollout_success
+from recovla_jax.evaluation.rollout import rollout_success, run_until_success
 from recovla_jax.policies.base_policy import BasePolicy
 from recovla_jax.sim.env import TaskEnv
 from recovla_jax.sim.randomization import DomainRandomization, batched_models
@@ -169,15 +169,6 @@ def _base_succeeds_randomized(env: TaskEnv, base: BasePolicy, data, num_steps: i
         with using_model(env, model):
             noise = jax.random.uniform(key, (3,), minval=-jitter, maxval=jitter)
             d = mjx.forward(env.sys, d.replace(qpos=d.qpos.at[arm_xyz].add(noise)))
-            state = env.state_from_data(d, key)
-
-            def body(carry, _):
-                s, ok = carry
-                nxt = env.step(s, base(s.obs))
-                nxt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), s, nxt)
-                return (nxt, ok | (nxt.metrics["success"] > 0)), None
-
-            (_, ok), _ = jax.lax.scan(body, (state, jnp.zeros((), bool)), None, length=num_steps)
-        return ok
+            return run_until_success(env, env.state_from_data(d, key), base, num_steps)
 
     return jax.vmap(one, in_axes=(in_axes, 0, 0))(models, data, jax.random.split(k_noise, n))

@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--task", default="drawer")
     p.add_argument("--out", required=True, help="bank directory to write (must not hold a bank already)")
     p.add_argument("--candidates", type=int, default=1024, help="injected candidates per failure mode")
-    p.add_argument("--episode-length", type=int, default=100, help="task episode length (selects the cached base policy)")
-    p.add_argument("--test-steps", type=int, default=100, help="base-policy steps from a failure state that must not succeed")
+    p.add_argument("--episode-length", type=int, default=None,
+                   help="task episode length (selects the cached base policy); default: the task's own")
+    p.add_argument("--test-steps", type=int, default=None,
+                   help="base-policy steps from a failure state that must not succeed; default: the episode length")
     p.add_argument("--robust-trials", type=int, default=1, help="extra randomized + jittered base rollouts that must fail too")
     p.add_argument("--heldout-fraction", type=float, default=0.4)
     p.add_argument("--render", type=int, default=0, help="PNG frames of this many states per mode (bank_dir/frames)")
@@ -38,13 +40,16 @@ def main(argv: list[str] | None = None) -> Path:
 
     from recovla_jax.failures.bank import BankConfig, collect_failure_bank
     from recovla_jax.policies.bc import load_or_train_base_policy
-    from recovla_jax.tasks import get_task
+    from recovla_jax.tasks import get_task, task_class
 
     console = Console()
     out = Path(args.out)
     if (out / "bank.npz").exists():
         raise SystemExit(f"{out} already holds a failure bank; choose another --out")
     t0 = time.time()
+    if args.episode_length is None:
+        args.episode_length = task_class(args.task).config_cls().episode_length
+    args.test_steps = args.test_steps or args.episode_length
     task = get_task(args.task, {"episode_length": args.episode_length})
     base = load_or_train_base_policy(task, log=console.print)
     cfg = BankConfig(candidates_per_mode=args.candidates, test_steps=args.test_steps, robust_trials=args.robust_trials,

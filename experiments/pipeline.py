@@ -22,7 +22,8 @@ from recovla_jax.policies.bc import load_or_train_base_policy
 from recovla_jax.rewards.library import component_names
 from recovla_jax.sim.randomization import DomainRandomization
 from recovla_jax.sim.wrappers import wrap_batched
-from recovla_jax.tasks import get_task
+from recovla_jax.tasks import get_task, task_class
+
 from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh, train
 from recovla_jax.training.policy_bundle import write_policy_bundle
 from recovla_jax.training.residual_env import ResidualEnv
@@ -48,6 +49,8 @@ def resolve_defaults(args: argparse.Namespace) -> dict:
 def run_pipeline(args: argparse.Namespace) -> Path:
     t_start = time.time()
     d = resolve_defaults(args)
+    if args.episode_length is None:
+        args.episode_length = task_class(args.task).config_cls().episode_length
     task = get_task(args.task, {"episode_length": args.episode_length})
     run_dir = Path(args.run_dir or f"runs/{task.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if run_dir.exists() and not args.resume and any(run_dir.iterdir()):
@@ -69,7 +72,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         bank = FailureBank.load(run_dir / "bank")
         log(f"failure bank: reusing {len(bank)} states in {run_dir / 'bank'}")
     else:
-        bank = collect_failure_bank(task, base, BankConfig(candidates_per_mode=d["candidates"], seed=args.seed), log=log)
+        bank = collect_failure_bank(task, base, BankConfig(candidates_per_mode=d["candidates"], seed=args.seed,
+                                                           test_steps=args.episode_length), log=log)
         if jax.process_index() == 0:
             bank.save(run_dir / "bank")
             from recovla_jax.sim.render import render_bank_frames

@@ -32,7 +32,14 @@ from pathlib import Path
 DASH = "—"
 # Task family of each task (the table averages per family). Tasks not listed fall in "other" unless
 # --family names them.
-TASK_FAMILIES = {"drawer": "short-horizon"}
+def _task_families() -> dict[str, str]:
+    """Each registered task's family (`Task.family`), read from the task classes."""
+    from recovla_jax.tasks.registry import task_class, task_names
+
+    return {name: task_class(name).family for name in task_names()}
+
+
+TASK_FAMILIES = _task_families()
 BASELINES = ("finetune", "residual-full")
 FIXED_LABELS = {"base": "base alone", "finetune": "fine-tuned base", "residual-full": "residual, full reward",
                 "oracle-mask": "residual, oracle mask", "wrong-mask": "residual, wrong mask"}

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=None, help="parallel envs (default 128 on CPU, 4096 on GPU/TPU)")
     p.add_argument("--timesteps", type=int, default=None, help="env steps per policy (default 250k CPU, 20M GPU/TPU)")
     p.add_argument("--unroll-length", type=int, default=20)
-    p.add_argument("--episode-length", type=int, default=100, help="control steps per recovery episode")
+    p.add_argument("--episode-length", type=int, default=None,
+                   help="control steps per episode (base-policy cloning, bank test and recovery); default: the task's own "
+                        "(drawer 100)")
     p.add_argument("--alpha", type=float, default=1.0, help="residual scale: action = clip(base + alpha*tanh(r))")
     p.add_argument("--obs-noise", type=float, default=0.001, help="Gaussian observation noise std in training and evaluation")
     p.add_argument("--latency-prob", type=float, default=0.5,

@@ -26,10 +26,6 @@ from recovla_jax.runtime.gripper import ACTION_NAMES
 from recovla_jax.runtime.manifest import MANIFEST_NAME, ExportManifest, sha256_file
 
 BASE_FILE = "base_policy.onnx"
-# Task progress signal watched by the runtime's failure monitor, per task.
-PROGRESS = {
-    "drawer": dict(field="drawer_opening", unit="m", description="drawer slide joint position; success at or above the threshold"),
-}
 WORKSPACE_FIELD = "tcp_pos"
 WORKSPACE_MARGIN = 0.10
 
@@ -102,8 +98,6 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         bundles = {p: bundles[p] for p in policies}
     first = next(iter(bundles.values()))
     task = first["task"]
-    if task not in PROGRESS:
-        raise RunDirError(f"export knows no progress signal for task {task!r} (known: {sorted(PROGRESS)})")
     obs_size, act = first["task_obs_size"], first["action"]
     rng = np.random.default_rng(seed)
     bank = read_bank(run_dir)
@@ -223,7 +217,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         "residual_observation": {"size": first["residual_obs_size"], "fields": first["residual_obs_layout"]},
         "action": {"size": act["size"], "names": list(ACTION_NAMES), "low": act["low"], "high": act["high"],
                    "meaning": act["meaning"], "max_translation": act["max_translation"], "max_rotation": act["max_rotation"]},
-        "progress": {**PROGRESS[task], "success_threshold": float(cfg["success_opening"])},
+        "progress": task_obj.progress_spec(),
         "safety": {"workspace": workspace_box(bank_obs), "workspace_field": WORKSPACE_FIELD,
                    "max_residual_norm": float(max(e["alpha"] for e in entries) * math.sqrt(act["size"])) if entries else 1.0},
         "base_policy": base_entry,

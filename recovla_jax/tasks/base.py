@@ -50,6 +50,12 @@ class Task(abc.ABC):
     xml_file: str
     obs_fields: tuple[ObsField, ...]
     config_cls: type[TaskConfig] = TaskConfig
+    # Task family for the results table's per-family averages: "short-horizon", "long-horizon", "contact-rich".
+    family: str = "other"
+    # The scalar the robot runtime's failure monitor watches for progress: an observation field of size 1,
+    # its unit and meaning. `progress_threshold()` is the value at which the task counts as done.
+    progress_field: str = ""
+    progress_description: str = ""
 
     def __init__(self, config: TaskConfig | dict | None = None):
         if config is None:
@@ -101,6 +107,18 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def expert_action(self, priv: dict[str, jnp.ndarray]) -> jnp.ndarray:
         """Scripted expert: a 7-D action from privileged state (pure JAX, jittable)."""
+
+    def progress_threshold(self) -> float:
+        """Value of `progress_field` at (or above) which the task is done (the monitor's hand-back signal)."""
+        raise NotImplementedError(f"task {self.name!r} defines no progress threshold")
+
+    def progress_spec(self) -> dict:
+        """The runtime manifest's progress entry: field, unit, meaning and success threshold."""
+        field = next((f for f in self.obs_fields if f.name == self.progress_field), None)
+        if field is None or field.size != 1:
+            raise ValueError(f"task {self.name!r}: progress_field {self.progress_field!r} must name a 1-float observation field")
+        return {"field": field.name, "unit": field.unit, "description": self.progress_description or field.description,
+                "success_threshold": float(self.progress_threshold())}
 
     # ------------------------------------------------------------------ failures and reward components
     failure_modes: tuple[str, ...] = ()

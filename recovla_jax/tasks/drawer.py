@@ -36,6 +36,7 @@ from recovla_jax.tasks.base import ObsField, Task, TaskConfig
 class DrawerConfig(TaskConfig):
     """Randomization ranges and the success threshold of the drawer task."""
 
+    episode_length: int = 100
     success_opening: float = Field(0.15, gt=0.0, le=0.25, description="drawer opening (m) that counts as success")
     cabinet_xy_range: float = Field(0.06, ge=0.0, le=0.2)
     cabinet_z_range: float = Field(0.04, ge=0.0, le=0.1)
@@ -60,6 +61,9 @@ class DrawerTask(Task):
     instruction = "open the drawer"
     xml_file = "drawer.xml"
     config_cls = DrawerConfig
+    family = "short-horizon"
+    progress_field = "drawer_opening"
+    progress_description = "drawer slide joint position; success at or above the threshold"
     obs_fields = (
         ObsField("tcp_pos", 3, "m", "tool-centre point between the finger pads, world frame"),
         ObsField("gripper_rot6", 6, "", "first two columns of the gripper rotation matrix"),
@@ -177,6 +181,9 @@ class DrawerTask(Task):
 
     def success(self, model: mjx.Model, data: mjx.Data) -> jnp.ndarray:
         return data.qpos[self.drawer_qpos] >= self.config.success_opening
+
+    def progress_threshold(self) -> float:
+        return float(self.config.success_opening)
 
     # ----------------------------------------------------------------------------- failures, rewards
     failure_modes = ("missed_handle", "slipped_off", "misaligned_gripper")

@@ -73,6 +73,10 @@ def load_run(run: Path) -> dict:
     if not (run / "config.json").exists():
         raise SystemExit(f"{run} has no config.json: is it a main-job run directory?")
     config = {**train_defaults(), **json.loads((run / "config.json").read_text())}
+    if config.get("episode_length") is None:  # the main job's default: the task's own episode length
+        from recovla_jax.tasks import task_class
+
+        config["episode_length"] = task_class(config["task"]).config_cls().episode_length
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else None
     if (run / "bank" / "bank.npz").exists():
         bank_dir = run / "bank"

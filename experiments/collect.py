@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> Path:
                    help="base-policy steps from a failure state that must not succeed; default: the episode length")
     p.add_argument("--robust-trials", type=int, default=1, help="extra randomized + jittered base rollouts that must fail too")
     p.add_argument("--heldout-fraction", type=float, default=0.4)
+    p.add_argument("--min-heldout", type=int, default=0,
+                   help="keep injecting chunks of a mode until its held-out split holds this many base failures")
+    p.add_argument("--max-candidates", type=int, default=65536, help="cap per mode on candidates with --min-heldout")
     p.add_argument("--render", type=int, default=0, help="PNG frames of this many states per mode (bank_dir/frames)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> Path:
     task = get_task(args.task, {"episode_length": args.episode_length})
     base = load_or_train_base_policy(task, log=console.print)
     cfg = BankConfig(candidates_per_mode=args.candidates, test_steps=args.test_steps, robust_trials=args.robust_trials,
-                     heldout_fraction=args.heldout_fraction, seed=args.seed)
+                     heldout_fraction=args.heldout_fraction, seed=args.seed, min_heldout_per_mode=args.min_heldout,
+                     max_candidates_per_mode=args.max_candidates)
     bank = collect_failure_bank(task, base, cfg, log=console.print)
     bank.save(out)
     if args.render:

@@ -31,11 +31,17 @@ def test_bank_save_load_round_trip(tmp_path, drawer_task, drawer_env):
 
 
 def test_collected_failures_are_labelled_base_failures(drawer_task, drawer_base_policy):
-    bank = collect_failure_bank(drawer_task, drawer_base_policy, BankConfig(candidates_per_mode=32, test_steps=60))
+    cfg = BankConfig(candidates_per_mode=32, test_steps=60, min_heldout_per_mode=2, max_candidates_per_mode=96)
+    bank = collect_failure_bank(drawer_task, drawer_base_policy, cfg)
     stats = bank.meta["collection"]
+    counts = bank.counts()
     for m, mode in enumerate(drawer_task.failure_modes):
         s = stats[mode]
-        assert sum(s["label_histogram"].values()) == s["candidates"] == 32
+        assert sum(s["label_histogram"].values()) == s["candidates"]
+        # whole chunks of 32, more of them only while the held-out target is unmet, never past the cap
+        assert s["candidates"] in (32, 64, 96)
+        assert counts[mode]["heldout"] >= 2 or s["candidates"] == 96
+        assert s["heldout_target_met"] == (counts[mode]["heldout"] >= 2)
         assert s["kept_base_failures"] == s["label_matches_injector"] - s["base_recovers_by_itself"]
         assert s["kept_base_failures"] == int(np.sum(bank.arrays["mode"] == m))
     # every kept state carries the label of its mode, computed from simulator state

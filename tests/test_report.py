@@ -200,7 +200,8 @@ def test_baselines_budget_and_conditions(tmp_path):
     info = load_run(tmp_path / "run")
     assert info["bank_dir"] == bank and info["results"] is None
     defaults = train_defaults()  # main-job flags the config lacks are filled in with the main job's defaults
-    assert (info["config"]["alpha"], info["config"]["episode_length"]) == (defaults["alpha"], defaults["episode_length"])
+    assert info["config"]["alpha"] == defaults["alpha"] and defaults["episode_length"] is None
+    assert info["config"]["episode_length"] == 100  # None resolves to the task's own default (drawer: 100)
     args = SimpleNamespace(num_envs=None, timesteps=None, policy=None)
     assert resolve_budget(info["config"], args) == {"num_envs": 128, "timesteps_per_policy": 250_000, "policy": "per-mode",
                                                     "budget_matches_run": True}

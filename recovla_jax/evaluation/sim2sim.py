@@ -11,7 +11,8 @@ seed disjoint from training's):
   runtime_rules   the same with the rules-based selector on the (noisy) observation
 Nominal starts compare base alone with the runtime (a recovery module must not break what worked).
 Success rates come with Wilson 95% CIs and n, next to the MJX numbers of the same policies (results.json).
-Imports no JAX.
+Imports no JAX for the drawer (its native robot is a NumPy twin); other tasks simulate the robot's
+sensors with the JAX task's own functions (`evaluation.native_task`), the runtime itself stays JAX-free.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from recovla_jax.runtime.manifest import ExportManifest
 from recovla_jax.runtime.monitor import MonitorConfig
 from recovla_jax.runtime.onnx_policy import PolicyLibrary
 from recovla_jax.runtime.robots.base import BasePolicySource
-from recovla_jax.runtime.robots.mujoco_drawer import NativeDrawerRobot, NativeDynamics
+from recovla_jax.runtime.robots.mujoco_drawer import NativeDrawerRobot
+from recovla_jax.runtime.robots.native import NativeDynamics, NativeRobot
 from recovla_jax.runtime.runtime import RecoveryRuntime
 from recovla_jax.runtime.safety import SafetyConfig
-from recovla_jax.runtime.selectors import DrawerRulesSelector, OracleSelector, Selector
+from recovla_jax.runtime.selectors import DrawerRulesSelector, FunctionSelector, OracleSelector, Selector
 
 FAILURE_ARMS = ("base", "policy", "runtime_oracle", "runtime_rules")
 NOMINAL_ARMS = ("base", "runtime_oracle", "runtime_rules")
@@ -67,7 +69,30 @@ def episode_seed(seed: int, group: str, index: int) -> int:
     return (zlib.crc32(f"sim2sim/{seed}/{group}/{index}".encode()) & 0x7FFFFFFF) + 1_000_003
 
 
-def run_episode(robot: NativeDrawerRobot, runtime: RecoveryRuntime, start: dict | None, seed: int, max_steps: int,
+def make_native_robot(manifest: ExportManifest, scene: Path | None, dynamics: NativeDynamics,
+                      seed: int) -> tuple[NativeRobot, Selector]:
+    """The native robot of the manifest's task and its observation-only rules selector.
+
+    The drawer has JAX-free NumPy twins; other tasks evaluate their JAX functions on the native state.
+    """
+    scene_kw = {} if scene is None else {"scene": scene}
+    if manifest.task == "drawer":
+        robot = NativeDrawerRobot(dynamics, seed=seed, task_config=manifest.task_config, ctrl_dt=manifest.control.ctrl_dt,
+                                  **scene_kw)
+        return robot, DrawerRulesSelector(manifest.progress.success_threshold)
+    import mujoco
+
+    from recovla_jax.evaluation.native_task import JaxNativeTask
+    from recovla_jax.tasks import get_task
+
+    task = get_task(manifest.task, manifest.task_config)
+    model = mujoco.MjModel.from_xml_path(str(scene)) if scene is not None else task.mj_model
+    robot = NativeRobot(model, JaxNativeTask(task, model), dynamics, seed=seed, ctrl_dt=manifest.control.ctrl_dt)
+    # The task's NumPy rules name the closest failure mode; the monitor only asks once progress has stalled.
+    return robot, FunctionSelector("rules", lambda obs: task.rules_classify(obs.state)[0])
+
+
+def run_episode(robot: NativeRobot, runtime: RecoveryRuntime, start: dict | None, seed: int, max_steps: int,
                 physics_times: list[float] | None = None) -> EpisodeResult:
     obs = robot.reset(start, seed=seed)
     runtime.reset()
@@ -90,16 +115,13 @@ class Sim2SimEvaluator:
         self.manifest = manifest
         self.cfg = cfg
         self.max_steps = cfg.max_steps or manifest.control.episode_length
-        scene = {} if manifest.scene is None else {"scene": Path(export_dir) / manifest.scene.file}
-        self.robot = NativeDrawerRobot(cfg.dynamics, seed=cfg.seed, task_config=manifest.task_config,
-                                       ctrl_dt=manifest.control.ctrl_dt, **scene)
+        scene = None if manifest.scene is None else Path(export_dir) / manifest.scene.file
+        self.robot, rules = make_native_robot(manifest, scene, cfg.dynamics, cfg.seed)
         self.library = PolicyLibrary(export_dir, manifest)
         safety = SafetyConfig.from_manifest(manifest, **cfg.safety_overrides)
         clock = lambda: self.robot.time  # noqa: E731  (simulated time: observations are never stale here)
         self.fixed = OracleSelector()
-        thr = manifest.progress.success_threshold
-        selectors: dict[str, Selector] = {"oracle": OracleSelector(self.robot.privileged_mode),
-                                          "rules": DrawerRulesSelector(thr)}
+        selectors: dict[str, Selector] = {"oracle": OracleSelector(self.robot.privileged_mode), "rules": rules}
 
         def rt(selector: Selector, monitor: MonitorConfig, enabled: bool = True) -> RecoveryRuntime:
             return RecoveryRuntime(manifest, base, self.library, selector, monitor, safety, clock, enabled)

@@ -35,7 +35,10 @@ STATE_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")
 class BankConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    candidates_per_mode: int = Field(1024, ge=8)
+    candidates_per_mode: int = Field(1024, ge=8, description="candidates injected per mode (at least)")
+    min_heldout_per_mode: int = Field(0, ge=0, description="keep injecting chunks of a mode until its held-out split "
+                                      "holds this many base failures (0: exactly candidates_per_mode)")
+    max_candidates_per_mode: int = Field(65536, ge=8, description="cap on candidates per mode when min_heldout_per_mode is set")
     chunk_size: int = Field(256, ge=8, description="envs per jitted collection call")
     test_steps: int = Field(100, ge=1, description="base-policy steps from the failure state that must not succeed")
     heldout_fraction: float = Field(0.4, gt=0.0, lt=1.0)
@@ -128,10 +131,20 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
     for m, mode in enumerate(task.failure_modes):
         lo, hi = task.injection_windows[mode]
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), m)
-        parts = [jax.device_get(candidates(jax.random.fold_in(key, c), m, lo, hi)) for c in range(num_chunks)]
+        parts, kept = [], 0
+        # Fixed chunks first; then, for a held-out target, more chunks until the split will hold it.
+        while len(parts) < num_chunks or (
+            int(round(kept * cfg.heldout_fraction)) < cfg.min_heldout_per_mode and n * len(parts) < cfg.max_candidates_per_mode
+        ):
+            part = jax.device_get(candidates(jax.random.fold_in(key, len(parts)), m, lo, hi))
+            parts.append(part)
+            kept += int(np.sum((part[2] == m) & part[5] & ~part[4]))
+            if len(parts) >= num_chunks and cfg.min_heldout_per_mode:
+                log(f"failure bank: {mode}: {n * len(parts)} injected, {kept} base failures kept so far "
+                    f"(held-out target {cfg.min_heldout_per_mode})")
         fields = {name: np.concatenate([p[0][name] for p in parts]) for name in STATE_FIELDS}
         obs, label, stage, base_ok, finite, t_inject = (np.concatenate([p[i] for p in parts]) for i in range(1, 7))
-        total = n * num_chunks
+        total = n * len(parts)
         matched = (label == m) & finite
         keep = matched & ~base_ok
         stats[mode] = {
@@ -140,6 +153,7 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
             "base_recovers_by_itself": int((matched & base_ok).sum()),
             "robust_trials": cfg.robust_trials,
             "kept_base_failures": int(keep.sum()),
+            "heldout_target_met": bool(int(round(keep.sum() * cfg.heldout_fraction)) >= cfg.min_heldout_per_mode),
             "label_histogram": {("none" if k < 0 else task.failure_modes[k]): int(np.sum(label == k)) for k in np.unique(label)},
         }
         log(f"failure bank: {mode}: {total} injected, {matched.sum()} labelled {mode}, base recovers from "

@@ -36,6 +36,16 @@ class DrawerRulesSelector:
         return drawer_rules.label_obs(obs.state, self.success_opening)
 
 
+class FunctionSelector:
+    """A selector from any function of the observation (e.g. a task's NumPy rules)."""
+
+    def __init__(self, name: str, fn: Callable[[Observation], str | None]):
+        self.name, self.fn = name, fn
+
+    def select(self, obs: Observation) -> str | None:
+        return self.fn(obs)
+
+
 class OracleSelector:
     """Returns the privileged label the harness provides: a callable (queried each time) or a fixed label."""
 

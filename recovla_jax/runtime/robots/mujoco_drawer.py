@@ -1,9 +1,7 @@
-"""Native MuJoCo (C `MjData`, not MJX) drawer robot: the sim-to-real proxy for zero-shot evaluation.
+"""Native MuJoCo drawer robot (JAX-free): the generic `NativeRobot` with the drawer's NumPy twin.
 
-Same scene and the task's exact observation layout and action->ctrl mapping (NumPy twins, tested against
-the JAX functions), but a different simulator implementation plus per-episode randomized dynamics the
-policies never trained on in this form: friction, masses, joint damping, actuator gain (as
-`sim.randomization`, drawn with NumPy from a held-out seed), observation noise and action latency.
+Same scene and the task's exact observation layout (`runtime.drawer.DrawerScene`, tested against the JAX
+task), success and failure rules (`runtime.drawer_rules`, shared with the JAX labeller).
 
 `scene`: the MJCF the policies were trained with (an export carries a copy, `scene.xml`). Start states
 (failure-bank rows or nominal draws) must come from the same scene: a different qpos size is refused.
@@ -11,149 +9,51 @@ policies never trained on in this form: friction, masses, joint damping, actuato
 
 from __future__ import annotations
 
-import collections
 from pathlib import Path
 
 import mujoco
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recovla_jax.runtime import drawer, drawer_rules
-from recovla_jax.runtime.gripper import action_to_ctrl, grip_command_from_ctrl, hold_action
-from recovla_jax.runtime.robots.base import Observation
+from recovla_jax.runtime.robots.native import NativeDynamics, NativeRobot
+
+__all__ = ["SCENE", "DrawerNativeTask", "NativeDrawerRobot", "NativeDynamics"]
 
 SCENE = Path(__file__).resolve().parents[2] / "assets" / "drawer.xml"
-Range = tuple[float, float]
 
 
-class NativeDynamics(BaseModel):
-    """Per-episode randomization of the native robot; multiplicative ranges as `DomainRandomization`."""
+class DrawerNativeTask:
+    """`NativeTask` for the drawer, in NumPy."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    def __init__(self, scene: drawer.DrawerScene, ranges: drawer.DrawerNominalRanges):
+        self.scene, self.ranges, self.grip = scene, ranges, scene.grip
 
-    friction: Range = (0.7, 1.3)
-    mass: Range = (0.8, 1.2)
-    damping: Range = (0.8, 1.2)
-    actuator_gain: Range = (0.85, 1.15)
-    obs_noise_std: float = Field(0.001, ge=0.0, description="Gaussian noise on every observation float (m, m/s, or unitless)")
-    action_latency_steps: tuple[int, int] = Field((0, 1), description="actions execute this many control steps late (drawn per episode, inclusive)")
-    start_noise: float = Field(0.005, ge=0.0, description="uniform gripper position jitter (m) on failure-bank starts, as ResidualEnv")
+    def observe(self, data: mujoco.MjData) -> np.ndarray:
+        return self.scene.observe(data)
 
-    @model_validator(mode="after")
-    def _check(self) -> "NativeDynamics":
-        for name in ("friction", "mass", "damping", "actuator_gain"):
-            lo, hi = getattr(self, name)
-            if not 0.0 < lo <= hi:
-                raise ValueError(f"{name}={lo, hi} must satisfy 0 < low <= high")
-        lo, hi = self.action_latency_steps
-        if not 0 <= lo <= hi:
-            raise ValueError(f"action_latency_steps={lo, hi} must satisfy 0 <= low <= high")
-        return self
+    def success(self, data: mujoco.MjData) -> bool:
+        return float(data.qpos[self.scene.drawer_qpos]) >= self.ranges.success_opening
 
-    @classmethod
-    def nominal(cls) -> "NativeDynamics":
-        """No randomization, no noise, no latency, no start jitter (for exact comparisons)."""
-        one = (1.0, 1.0)
-        return cls(friction=one, mass=one, damping=one, actuator_gain=one, obs_noise_std=0.0,
-                   action_latency_steps=(0, 0), start_noise=0.0)
+    def label(self, data: mujoco.MjData) -> str | None:
+        return drawer_rules.label_obs(self.scene.observe(data), self.ranges.success_opening)
+
+    def nominal_state(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return self.scene.nominal_state(rng, self.ranges)
+
+    def with_noise(self, state: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """A real sensor measures positions; the relative vector is computed from the noisy ones."""
+        noisy = state + noise
+        obs = drawer_rules.OBS
+        noisy[obs["handle_rel"]] = noisy[obs["handle_pos"]] - noisy[obs["tcp_pos"]]
+        return noisy
 
 
-class NativeDrawerRobot:
-    """The Robot protocol on native MuJoCo; also exposes privileged state for evaluation harnesses."""
+class NativeDrawerRobot(NativeRobot):
+    """The drawer on native MuJoCo; `scene` (DrawerScene) and `ranges` stay reachable for harnesses."""
 
     def __init__(self, dynamics: NativeDynamics | None = None, seed: int = 0, task_config: dict | None = None,
                  ctrl_dt: float = 0.02, scene: Path = SCENE):
-        self.model = mujoco.MjModel.from_xml_path(str(scene))
-        self.data = mujoco.MjData(self.model)
-        self.scene = drawer.DrawerScene(self.model)
-        self.dynamics = dynamics or NativeDynamics()
+        model = mujoco.MjModel.from_xml_path(str(scene))
+        self.scene = drawer.DrawerScene(model)
         self.ranges = drawer.DrawerNominalRanges.from_task_config(task_config or {})
-        self.control_dt = ctrl_dt
-        self.n_substeps = round(ctrl_dt / self.model.opt.timestep)
-        if self.n_substeps < 1 or abs(self.n_substeps * self.model.opt.timestep - ctrl_dt) > 1e-9:
-            raise ValueError(f"ctrl_dt={ctrl_dt} is not a whole multiple of the scene timestep {self.model.opt.timestep}")
-        m = self.model
-        self._nominal = {k: getattr(m, k).copy() for k in
-                         ("geom_friction", "body_mass", "dof_damping", "actuator_gainprm", "actuator_biasprm")}
-        self.rng = np.random.default_rng(seed)
-        self.sample: dict = {}
-        self._queue: collections.deque = collections.deque()
-
-    # ------------------------------------------------------------------------------------------ episode
-    def reset(self, start: dict[str, np.ndarray] | None = None, seed: int | None = None) -> Observation:
-        """Start from a failure-bank row (qpos, qvel, ctrl; its mocap arrays are empty) or a nominal draw."""
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        self._randomize()
-        m, d = self.model, self.data
-        mujoco.mj_resetData(m, d)
-        state = start if start is not None else self.scene.nominal_state(self.rng, self.ranges)
-        qpos = np.array(state["qpos"], float)
-        if qpos.shape != (m.nq,) or np.size(state.get("mocap_pos", ())) != 3 * m.nmocap:
-            raise ValueError(f"start state has {qpos.size} qpos and {np.size(state.get('mocap_pos', ())) // 3} mocap bodies "
-                             f"but the robot's scene has {m.nq} and {m.nmocap}: it comes from another version of the scene "
-                             "(re-train with the current scene, then re-export)")
-        if start is not None and self.dynamics.start_noise > 0:
-            qpos[self.scene.grip.arm_qpos[:3]] += self.rng.uniform(-self.dynamics.start_noise, self.dynamics.start_noise, 3)
-        d.qpos[:] = qpos
-        d.qvel[:] = state["qvel"]
-        d.ctrl[:] = state["ctrl"]
-        mujoco.mj_forward(m, d)
-        lo, hi = self.dynamics.action_latency_steps
-        latency = int(self.rng.integers(lo, hi + 1))
-        self.sample["action_latency_steps"] = latency
-        hold = hold_action(grip_command_from_ctrl(self.scene.grip, d.ctrl))
-        self._queue = collections.deque([hold] * latency)
-        return self.get_observation()
-
-    def _randomize(self) -> None:
-        m, dyn, nom = self.model, self.dynamics, self._nominal
-        u = lambda r, size=None: self.rng.uniform(r[0], r[1], size)  # noqa: E731
-        f, damp, gain = u(dyn.friction), u(dyn.damping), u(dyn.actuator_gain)
-        mass = u(dyn.mass, m.nbody)
-        m.geom_friction[:] = nom["geom_friction"]
-        m.geom_friction[:, 0] *= f
-        m.body_mass[:] = nom["body_mass"] * mass
-        m.dof_damping[:] = nom["dof_damping"] * damp
-        m.actuator_gainprm[:] = nom["actuator_gainprm"]
-        m.actuator_gainprm[:, 0] *= gain
-        m.actuator_biasprm[:] = nom["actuator_biasprm"]
-        m.actuator_biasprm[:, 1] *= gain
-        self.sample = {"friction": float(f), "damping": float(damp), "actuator_gain": float(gain),
-                       "mass_scale_mean": float(np.mean(mass))}
-
-    # ------------------------------------------------------------------------------------------ I/O
-    def true_state(self) -> np.ndarray:
-        """Noise-free observation vector (privileged: for labels and success, not for policies)."""
-        return self.scene.observe(self.data)
-
-    def get_observation(self) -> Observation:
-        state = self.true_state()
-        std = self.dynamics.obs_noise_std
-        if std > 0:
-            state = state + self.rng.normal(0.0, std, state.shape)
-            obs = drawer_rules.OBS
-            state[obs["handle_rel"]] = state[obs["handle_pos"]] - state[obs["tcp_pos"]]
-        return Observation(state=state.astype(np.float32), timestamp=float(self.data.time))
-
-    def apply_action(self, action: np.ndarray) -> None:
-        """Queue the action (latency), execute the due one for one control period of physics."""
-        self._queue.append(np.asarray(action, float).copy())
-        due = self._queue.popleft()
-        self.data.ctrl[:] = action_to_ctrl(self.scene.grip, self.data.qpos, due)
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
-
-    def close(self) -> None:
-        self._queue.clear()
-
-    # ------------------------------------------------------------------------------------------ privileged
-    @property
-    def time(self) -> float:
-        return float(self.data.time)
-
-    def success(self) -> bool:
-        return float(self.data.qpos[self.scene.drawer_qpos]) >= self.ranges.success_opening
-
-    def privileged_mode(self) -> str | None:
-        """The simulator's failure label of the current state (what an oracle selector would say)."""
-        return drawer_rules.label_obs(self.true_state(), self.ranges.success_opening)
+        super().__init__(model, DrawerNativeTask(self.scene, self.ranges), dynamics, seed, ctrl_dt)

@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entropy-coef", type=float, default=1e-3)
     p.add_argument("--candidates", type=int, default=None, help="injected candidates per failure mode (default 1024 CPU, 8192 GPU)")
     p.add_argument("--min-heldout", type=int, default=None,
-                   help="inject more candidates of a mode until its held-out split holds this many base failures "
-                        "(default 200 on GPU/TPU, 0 on CPU: the evaluation table asks for n >= 200 per cell)")
-    p.add_argument("--max-candidates", type=int, default=65536, help="cap per mode on candidates with --min-heldout")
+                   help="inject more candidates of a mode (beyond --candidates) until its held-out split holds this "
+                        "many base failures (default 200: the evaluation table asks for n >= 200 per cell; 0: off)")
+    p.add_argument("--max-candidates", type=int, default=None,
+                   help="cap per mode on injected candidates (default 24576 on CPU, 131072 on GPU/TPU)")
     p.add_argument("--bank-dir", default=None, help="reuse a saved failure bank instead of collecting one")
     p.add_argument("--no-randomization", action="store_true", help="switch domain randomization off (on by default)")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")

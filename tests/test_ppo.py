@@ -214,3 +214,35 @@ def test_killed_run_resumes(tmp_path):
     # Same result as never having been killed.
     ref, _ = train(trainer, cfg, resume=False, checkpoint_dir=None, on_metrics=None)
     _tree_equal(ts.params, ref.params)
+
+
+class _TaggedPointReach(PointReach):
+    """PointReach whose reset also draws an episode tag in info (like ResidualEnv's failure mode)."""
+
+    episode_start_info = ("tag",)
+
+    def reset(self, rng):
+        s = super().reset(rng)
+        return s.replace(info={"tag": jax.random.randint(jax.random.fold_in(rng, 7), (), 0, 1_000_000)})
+
+
+def test_auto_reset_resamples_starts_and_restores_episode_info():
+    """brax restarts an env from its first start forever; ours restarts from the start last drawn by
+    `refresh_starts`, with that start's episode info, and still hands back the pre-reset observation."""
+    n = 4
+    env = wrap_batched(_TaggedPointReach(), n, 3)  # every episode ends by time limit after 3 steps
+    step = jax.jit(env.step_with_final_obs)
+    s0 = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(0), n))
+    s = s0
+    for _ in range(3):
+        s, final = step(s, jnp.full((n, 2), 0.5))
+    assert np.all(np.asarray(s.done) == 1)
+    np.testing.assert_array_equal(s.obs, s0.obs)  # back at the first start
+    assert not np.allclose(final, s0.obs)  # the pre-reset observation is the moved one
+    s = jax.jit(env.refresh_starts)(s, jax.random.split(jax.random.PRNGKey(1), n))
+    fresh = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(1), n))
+    for _ in range(3):
+        s, _ = step(s, jnp.zeros((n, 2)))
+    np.testing.assert_array_equal(s.obs, fresh.obs)  # restarted from the redrawn starts ...
+    np.testing.assert_array_equal(s.info["tag"], fresh.info["tag"])  # ... with their own episode info
+    assert not np.array_equal(fresh.info["tag"], s0.info["tag"])

@@ -66,15 +66,14 @@ def descriptor_features(bundle: dict, mode: str) -> list[float]:
     return [float(j == i) for j in range(len(modes))] + [float(w) for w in bundle["weights_per_mode"][i]]
 
 
-def workspace_box(bank_obs: np.ndarray) -> dict:
-    """TCP box: everything the bank's TCPs and handles (drawer shut to fully open) span, plus a margin."""
-    tcp, handle, axis = bank_obs[:, 0:3], bank_obs[:, 13:16], bank_obs[:, 19:22]
-    pts = np.concatenate([tcp, handle, handle + 0.25 * axis]).astype(np.float64)
+def workspace_box(task, bank_obs: np.ndarray) -> dict:
+    """TCP box: everything the task says the gripper may need to reach from the bank's states, plus a margin."""
+    pts, source = task.workspace_points(np.asarray(bank_obs, np.float64))
     lo = pts.min(0) - WORKSPACE_MARGIN
     hi = pts.max(0) + WORKSPACE_MARGIN
     lo[2] = max(lo[2], 0.02)  # stay above the floor
     return {"low": lo.astype(float).round(4).tolist(), "high": hi.astype(float).round(4).tolist(),
-            "source": f"failure-bank TCP and handle positions (drawer shut to 0.25 m open) +- {WORKSPACE_MARGIN} m, z >= 0.02"}
+            "source": f"failure-bank {source} +- {WORKSPACE_MARGIN} m, z >= 0.02"}
 
 
 def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] | None = None, step: int | None = None,
@@ -218,7 +217,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         "action": {"size": act["size"], "names": list(ACTION_NAMES), "low": act["low"], "high": act["high"],
                    "meaning": act["meaning"], "max_translation": act["max_translation"], "max_rotation": act["max_rotation"]},
         "progress": task_obj.progress_spec(),
-        "safety": {"workspace": workspace_box(bank_obs), "workspace_field": WORKSPACE_FIELD,
+        "safety": {"workspace": workspace_box(task_obj, bank_obs), "workspace_field": WORKSPACE_FIELD,
                    "max_residual_norm": float(max(e["alpha"] for e in entries) * math.sqrt(act["size"])) if entries else 1.0},
         "base_policy": base_entry,
         "recovery_policies": entries,

@@ -120,6 +120,17 @@ class Task(abc.ABC):
         return {"field": field.name, "unit": field.unit, "description": self.progress_description or field.description,
                 "success_threshold": float(self.progress_threshold())}
 
+    def workspace_points(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
+        """(k, 3) points the gripper may need to reach, from a batch of observations, and what they are.
+
+        The exported runtime's safety box is built around them. Default: every 3-float position field in
+        metres named `*_pos` (the TCP and the task's objects); tasks whose goal moves add its range.
+        """
+        layout = self.obs_layout()
+        fields = [f for f in layout if f["size"] == 3 and f["unit"] == "m" and f["name"].endswith("_pos")]
+        pts = np.concatenate([obs[:, f["start"]:f["start"] + 3] for f in fields])
+        return pts, " and ".join(f["name"] for f in fields)
+
     # ------------------------------------------------------------------ failures and reward components
     failure_modes: tuple[str, ...] = ()
     recovery_stages: tuple[str, ...] = ()

@@ -185,6 +185,12 @@ class DrawerTask(Task):
     def progress_threshold(self) -> float:
         return float(self.config.success_opening)
 
+    def workspace_points(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
+        """TCPs and handles, with the handle also where it sits when the drawer is fully open (0.25 m)."""
+        lay = {f["name"]: slice(f["start"], f["start"] + f["size"]) for f in self.obs_layout()}
+        tcp, handle, axis = obs[:, lay["tcp_pos"]], obs[:, lay["handle_pos"]], obs[:, lay["drawer_axis"]]
+        return np.concatenate([tcp, handle, handle + 0.25 * axis]), "TCP and handle positions (drawer shut to 0.25 m open)"
+
     # ----------------------------------------------------------------------------- failures, rewards
     failure_modes = ("missed_handle", "slipped_off", "misaligned_gripper")
     recovery_stages = ("reorient", "reopen", "reach", "grasp", "pull")

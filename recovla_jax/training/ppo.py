@@ -8,9 +8,12 @@ per-env arrays are sharded along their leading axis, parameters/optimizer/normal
 Policy: a Gaussian whose mean comes from an MLP with a zero-initialised last layer (so the residual is
 exactly 0 at initialisation; the env squashes/scales it) and a state-independent learned log-std.
 
-Truncation: brax's AutoResetWrapper overwrites the final observation with the reset one, so when the env
-is an AutoResetWrapper we replicate its step to also keep the pre-reset observation; GAE then bootstraps
-from V(final obs) on time-limit ends and from 0 on real terminations.
+Truncation: auto-reset overwrites the final observation with the reset one, so the env's
+`step_with_final_obs` (`sim.wrappers.ResamplingAutoResetWrapper`) also returns the pre-reset observation;
+GAE then bootstraps from V(final obs) on time-limit ends and from 0 on real terminations.
+
+Starts: with `resample_starts` each iteration redraws every env's next start state (one batched reset per
+unroll), so training covers the whole failure bank, not just the `num_envs` states of the first reset.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class PPOConfig(BaseModel):
     normalize_obs: bool = True
     checkpoint_every: int = 10  # iterations
     reward_scaling: float = 1.0
+    resample_starts: bool = True  # redraw each env's next start every iteration (see the module docstring)
 
     @model_validator(mode="after")
     def _check(self) -> "PPOConfig":
@@ -128,28 +132,14 @@ def _gaussian_log_prob(x: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax
 
 
 def _step_keep_final_obs(env: Env, state: State, action: jax.Array) -> tuple[State, jax.Array]:
-    """`env.step`, also returning the observation before auto-reset (mirrors brax's AutoResetWrapper.step)."""
-    if not isinstance(env, AutoResetWrapper):
-        nstate = env.step(state, action)
-        return nstate, nstate.obs
-    if "steps" in state.info:
-        steps = jnp.where(state.done, jnp.zeros_like(state.info["steps"]), state.info["steps"])
-        state.info.update(steps=steps)
-    state = state.replace(done=jnp.zeros_like(state.done))
-    state = env.env.step(state, action)
-    final_obs = state.obs
-
-    def where_done(x, y):
-        done = state.done
-        if done.shape and done.shape[0] != x.shape[0]:
-            return y
-        if done.shape:
-            done = jnp.reshape(done, [x.shape[0]] + [1] * (len(x.shape) - 1))
-        return jnp.where(done, x, y)
-
-    pipeline_state = jax.tree.map(where_done, state.info["first_pipeline_state"], state.pipeline_state)
-    obs = jax.tree.map(where_done, state.info["first_obs"], state.obs)
-    return state.replace(pipeline_state=pipeline_state, obs=obs), final_obs
+    """`env.step`, also returning the observation before auto-reset (`ResamplingAutoResetWrapper`)."""
+    if hasattr(env, "step_with_final_obs"):
+        return env.step_with_final_obs(state, action)
+    if isinstance(env, AutoResetWrapper):
+        raise TypeError("brax's AutoResetWrapper hides the pre-reset observation: build the env with "
+                        "sim.wrappers.wrap_batched (ResamplingAutoResetWrapper)")
+    nstate = env.step(state, action)
+    return nstate, nstate.obs
 
 
 class PPOTrainer:
@@ -332,7 +322,10 @@ class PPOTrainer:
 
     def _train_step(self, ts: TrainingState) -> tuple[TrainingState, dict]:
         cfg = self.cfg
-        rng, k_roll, k_perm = jax.random.split(ts.rng, 3)
+        rng, k_roll, k_perm, k_starts = jax.random.split(ts.rng, 4)
+        if cfg.resample_starts and hasattr(self.env, "refresh_starts"):
+            keys = jax.random.split(k_starts, cfg.num_envs)
+            ts = ts.replace(env_state=self._constrain_env(self.env.refresh_starts(ts.env_state, keys)))
         env_state, traj, metrics = self._rollout(ts, k_roll)
         normalizer = ts.normalizer
         if cfg.normalize_obs:

@@ -32,6 +32,9 @@ from recovla_jax.tasks.base import Task
 class ResidualEnv(TaskEnv):
     """A TaskEnv whose resets draw failure states and whose actions are residual corrections."""
 
+    # Info set at reset that belongs to the episode: auto-reset restores it with the start state.
+    episode_start_info = ("reward_weights", "residual", "mode", "latency", "prev_action")
+
     def __init__(
         self,
         task: Task,

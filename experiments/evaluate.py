@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     import numpy as np
 
-    with np.load(run / "bank" / "bank.npz") as z:
+    from recovla_jax.utils.run_dirs import bank_dir
+
+    bdir = bank_dir(run)
+    with np.load(bdir / "bank.npz") as z:
         bank = {k: z[k] for k in z.files}
-    bank_meta = json.loads((run / "bank" / "bank.json").read_text())
+    bank_meta = json.loads((bdir / "bank.json").read_text())
     results_path = run / "results.json"
     mjx = json.loads(results_path.read_text()).get("modes") if results_path.exists() else None
     if mjx is None:

@@ -18,14 +18,12 @@ import orbax.checkpoint as ocp
 
 from recovla_jax.failures.bank import FailureBank
 from recovla_jax.utils.checkpoint import restore_pytree
+from recovla_jax.utils.run_dirs import RunDirError, bank_dir
 
 ACTOR_PREFIX = ".params['actor']"
 NORMALIZER_MEAN = ".normalizer.mean"
 NORMALIZER_STD = ".normalizer.std"
 
-
-class RunDirError(ValueError):
-    """A run directory that lacks something export or evaluation needs."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,4 @@ def read_base_params(run_dir: Path) -> tuple[dict, dict]:
 
 
 def read_bank(run_dir: Path) -> FailureBank:
-    bdir = Path(run_dir) / "bank"
-    if not (bdir / "bank.npz").exists():
-        raise RunDirError(f"{run_dir} has no bank/bank.npz")
-    return FailureBank.load(bdir)
+    return FailureBank.load(bank_dir(run_dir))

@@ -1,0 +1,22 @@
+"""Where a run directory keeps what later stages read (JAX-free, so the robot-side evaluation can use it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class RunDirError(ValueError):
+    """A run directory lacks what a stage needs."""
+
+
+def bank_dir(run_dir: Path) -> Path:
+    """The run's failure bank: RUN/bank, or the `--bank-dir` its config.json names (a run that reused a bank)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "bank" / "bank.npz").exists():
+        return run_dir / "bank"
+    cfg_path = run_dir / "config.json"
+    named = json.loads(cfg_path.read_text()).get("bank_dir") if cfg_path.exists() else None
+    if named and (Path(named) / "bank.npz").exists():
+        return Path(named)
+    raise RunDirError(f"{run_dir} has no bank/bank.npz" + (f" and its --bank-dir {named} has none either" if named else ""))

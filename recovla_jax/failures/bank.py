@@ -96,7 +96,7 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
     env = TaskEnv(task)
     # Candidates are collected in chunks of `chunk_size` envs (one compiled program reused): on 2 CPU
     # cores with jax 0.10.2 a 1024-env version of this program hung in XLA's CPU runtime (idle threads).
-    n = min(cfg.chunk_size, cfg.candidates_per_mode)
+    n = min(cfg.chunk_size, cfg.candidates_per_mode, task.max_program_envs)
     num_chunks = -(-cfg.candidates_per_mode // n)
     priv_fn = jax.vmap(task.privileged, in_axes=(None, 0))
     window_hi = max(hi for _, hi in task.injection_windows.values())

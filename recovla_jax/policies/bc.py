@@ -58,10 +58,13 @@ def cache_key(task: Task, cfg: BCConfig) -> str:
         "scene": (ASSETS / task.xml_file).read_text(),
         "bc": cfg.model_dump(mode="json"),
     }
+    chunk = min(DEMO_CHUNK, task.max_program_envs)
+    if chunk != 256:  # the demos depend on the chunking; 256 (format 2's only value) stays out of older keys
+        payload["demo_chunk"] = chunk
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-DEMO_CHUNK = 256  # envs per jitted demo-collection call (XLA's CPU runtime hung on larger batches here)
+DEMO_CHUNK = 256  # envs per jitted demo-collection call, at most; tasks may cap it lower (Task.max_program_envs)
 
 
 def collect_demos(task: Task, cfg: BCConfig, rng: jax.Array) -> tuple[np.ndarray, np.ndarray, float]:
@@ -71,7 +74,7 @@ def collect_demos(task: Task, cfg: BCConfig, rng: jax.Array) -> tuple[np.ndarray
     some larger batched MJX programs hung (all XLA threads idle), see the failure bank's note.
     """
     env = TaskEnv(task)
-    n = min(cfg.demo_envs, DEMO_CHUNK)
+    n = min(cfg.demo_envs, DEMO_CHUNK, task.max_program_envs)
     num_chunks = -(-cfg.demo_envs // n)
     n_noisy = int(cfg.demo_envs * cfg.noisy_fraction)
     priv_fn = jax.vmap(task.privileged, in_axes=(None, 0))
@@ -149,7 +152,7 @@ def train_bc(obs: np.ndarray, actions: np.ndarray, cfg: BCConfig, rng: jax.Array
 def evaluate_nominal(task: Task, policy: BasePolicy, num_envs: int, rng: jax.Array) -> dict:
     """Nominal success of a base policy over `num_envs` seeded episodes (chunks of DEMO_CHUNK), Wilson CI."""
     env = TaskEnv(task)
-    n = min(num_envs, DEMO_CHUNK)
+    n = min(num_envs, DEMO_CHUNK, task.max_program_envs)
 
     @jax.jit
     def run(k_reset, k_roll):

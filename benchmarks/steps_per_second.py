@@ -9,7 +9,7 @@ rest would flatter it 2x). Both start from the same mid-episode states (`--warmu
 after reset) and are timed as one jitted `lax.scan` of `--unroll` control steps, so Python dispatch
 is excluded from both alike. Prints one JSON object.
 
-    python -m benchmarks.steps_per_second --task=drawer [--batch-sizes=64,256,1024,4096]
+    python -m benchmarks.steps_per_second --task=drawer [--batch-sizes=64,128,256]
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def _time(fn, args: tuple, min_seconds: float) -> tuple[float, int, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="drawer")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated; default 64,256,1024,4096 (CPU) or up to 16384 (GPU/TPU)")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated; default 64,128,256 on CPU (larger batches hang XLA's CPU runtime here, "
+                             "see the source) or 256..16384 on GPU/TPU")
     parser.add_argument("--unroll", type=int, default=25, help="control steps per timed jitted call")
     parser.add_argument("--warmup", type=int, default=20, help="base-policy steps after reset before timing")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per measurement")
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.batch_sizes:
         sizes = [int(s) for s in args.batch_sizes.split(",")]
     else:
-        sizes = [256, 1024, 4096, 16384] if on_accelerator() else [64, 256, 1024, 4096]
+        sizes = [256, 1024, 4096, 16384] if on_accelerator() else [64, 128, 256]
     task = get_task(args.task)
     base = load_or_train_base_policy(task, log=lambda m: print(m, file=sys.stderr))
     env = TaskEnv(task)
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
         def bare_replay(data, ctrls):
             # Same loop structure as the task step: scan over time outside, vmap over envs inside.
             # Known problem: on 2 CPU cores with jax 0.10.2 this replay hangs (all XLA threads idle) at
-            # 1024 envs, with either loop order and with the compilation cache off; 64 and 256 run.
+            # 1024 envs, with either loop order, with the compilation cache off, with
+            # XLA_FLAGS=--xla_cpu_multi_thread_eigen=false and with JAX_CPU_ENABLE_ASYNC_DISPATCH=false
+            # (each tried); 64 and 256 run. Hence the CPU default sizes stop at 256.
             physics = jax.vmap(mjx.step, in_axes=(in_axes, 0))
 
             def body(d, ctrl):

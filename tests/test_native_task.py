@@ -41,12 +41,17 @@ def test_native_view_matches_full_mjx_conversion(native):
 def test_native_nominal_starts_are_the_task_reset(native):
     task, robot = native
     mx = mjx.put_model(task.mj_model)
-    obs_of = jax.jit(lambda q, v: task.observe(mx, mjx.forward(mx, task.data_template.replace(qpos=q, qvel=v))))
+    obs_of = jax.jit(lambda q, v, mp, mq: task.observe(mx, mjx.forward(mx, task.data_template.replace(
+        qpos=q, qvel=v, mocap_pos=mp, mocap_quat=mq))))
     starts = []
     for seed in range(4):
         obs = robot.reset(seed=seed).state
         starts.append(obs)
-        np.testing.assert_allclose(obs, obs_of(robot.data.qpos.astype(np.float32), robot.data.qvel.astype(np.float32)), atol=2e-5)
+        d = robot.data
+        expected = obs_of(*(np.asarray(x, np.float32) for x in (d.qpos, d.qvel, d.mocap_pos, d.mocap_quat)))
+        # native (float64) vs MJX (float32) forward kinematics; angles from arccos near 1 (stack's block tilt)
+        # amplify float32 rounding to ~3e-4 rad
+        np.testing.assert_allclose(obs, expected, atol=1e-3)
         assert not robot.success()
     assert np.std(np.array(starts)[:, :3], axis=0).max() > 1e-3  # seeded draws differ
 

@@ -139,7 +139,7 @@ def test_each_injector_yields_its_mode(task, injected):
         rec, t = injected[mode]
         labels = rec["label"][t]
         assert np.mean(labels == m) >= 0.75, f"{mode}: labels right after injection {np.bincount(labels + 1)}"
-        assert np.all(rec["label"][:t] != m) or mode == "tilted_in_grasp" and np.mean(rec["label"][:t] == m) < 0.05
+        assert np.mean(rec["label"][:t] == -1) >= 0.97  # the nominal prefix is not a failure
 
 
 def test_expert_recovers_from_injected_failures(task, injected):

@@ -59,7 +59,7 @@ def expert_run(stack_task, stack_env):
 
         def body(carry, t):
             s, done, first, lo, hi, snaps = carry
-            snaps = jax.tree.map(lambda a, b: jnp.where((mids == t).reshape((-1,) + (1,) * (a.ndim - 1)), a[None], b),
+            snaps = jax.tree.map(lambda a, b: jnp.where((mids == t).reshape((-1,) + (1,) * a.ndim), a[None], b),
                                  s.pipeline_state, snaps)
             action = jax.vmap(task.expert_action)(priv_fn(env.sys, s.pipeline_state))
             nxt = jax.vmap(env.step)(s, action)
@@ -131,7 +131,6 @@ def test_reset_is_randomized_and_seeded(batch_fns):
     c = reset(jax.random.split(jax.random.PRNGKey(2), N))
     np.testing.assert_array_equal(np.asarray(a.obs), np.asarray(b.obs))
     assert not np.allclose(np.asarray(a.obs), np.asarray(c.obs))
-    assert np.std(np.asarray(a.obs)[:, 13:22], axis=0).min() > 1e-3 or True  # heights are equal by design
     assert np.std(np.asarray(a.obs)[:, [13, 14, 16, 17, 19, 20]], axis=0).min() > 1e-3  # block xy differ
     # same actions from the same seed: the same trajectory
     acts = jax.random.uniform(jax.random.PRNGKey(5), (4, N, ACTION_SIZE), minval=-1, maxval=1)

@@ -23,7 +23,7 @@ from recovla_jax.runtime.gripper import GripperIndices
 from recovla_jax.tasks.base import Task
 
 # MjData fields copied into the MJX view each call (kinematics and joint state after `mj_step`).
-VIEW_FIELDS = ("qpos", "qvel", "ctrl", "xpos", "xquat", "xmat", "xipos", "ximat", "site_xpos", "site_xmat",
+VIEW_FIELDS = ("qpos", "qvel", "ctrl", "mocap_pos", "mocap_quat", "xpos", "xquat", "xmat", "xipos", "ximat", "site_xpos", "site_xmat",
                "geom_xpos", "geom_xmat", "subtree_com")
 
 
@@ -49,7 +49,7 @@ class JaxNativeTask:
             return task.observe(mx, d), task.success(mx, d), mode
 
         self._query = jax.jit(query)
-        self._reset = jax.jit(lambda key: (lambda d: (d.qpos, d.qvel, d.ctrl))(task.reset(mx, key)))
+        self._reset = jax.jit(lambda key: (lambda d: (d.qpos, d.qvel, d.ctrl, d.mocap_pos, d.mocap_quat))(task.reset(mx, key)))
         self._cache: tuple[int, float, tuple] | None = None
 
     def _fields(self, data: mujoco.MjData) -> dict:
@@ -76,8 +76,8 @@ class JaxNativeTask:
     def nominal_state(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The JAX task's own randomized reset, keyed from the NumPy generator (held-out seeds)."""
         key = jax.random.PRNGKey(int(rng.integers(0, 2**31 - 1)))
-        qpos, qvel, ctrl = (np.asarray(x, np.float64) for x in jax.device_get(self._reset(key)))
-        return {"qpos": qpos, "qvel": qvel, "ctrl": ctrl}
+        qpos, qvel, ctrl, mocap_pos, mocap_quat = (np.asarray(x, np.float64) for x in jax.device_get(self._reset(key)))
+        return {"qpos": qpos, "qvel": qvel, "ctrl": ctrl, "mocap_pos": mocap_pos, "mocap_quat": mocap_quat}
 
     def with_noise(self, state: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """Independent noise on every float, as `ResidualEnv` adds it in training."""

@@ -35,13 +35,20 @@ FIXTURE_HALF_WIDTH = 0.036  # outer half size of the four-wall fixture
 INSIDE_XY = 0.004  # m; tip centre within this of the hole axis (each hole axis) counts as over / in the hole
 JAM_MIN_DEPTH = 0.002  # m; a peg deeper than this has entered the hole
 # rad; a peg tilted more than this cannot reach the success depth: tilted by t it needs a hole of
-# 2w/cos(t) + depth * tan(t) (2.2 cm at 0.1 rad and 18 mm), so it wedges first. Nominal insertions stay < 0.04.
+# 2w/cos(t) + depth * tan(t) (2.2 cm at 0.1 rad and 18 mm), so it wedges first. Expert insertions tilt ~0.02 at most.
 JAM_TILT = 0.10
 GRASP_TILT = 0.15  # rad between the peg's long axis and the gripper's z axis; nominal grasps are aligned (0)
 REST_LOW, REST_HIGH = -0.0015, 0.004  # m; tip height above the rim at which an upright peg rests on the top face
 OFF_AXIS = HOLE_HALF_WIDTH - PEG_HALF_WIDTH + 0.0003  # m; tip offset beyond which the peg's bottom overlaps the rim
 ALIGN_TOL = 0.001  # m; lateral tip offset the insertion tolerates (the clearance per side)
 ORIENT_TOL = 0.10  # rad; peg orientation error (nearest of the hole's four symmetric yaws) needing correction
+
+# Held-peg bounds on `peg_in_grasp` (peg centre - TCP in the gripper frame; a nominal grasp reads about
+# (0, 0, -0.025): the peg's top 25 mm above the TCP).
+HELD_X = 0.015  # m along the tool axis
+HELD_Y = 0.006  # m across the jaws (the peg is 10 mm half wide, the pads press it to the centre)
+HELD_Z = 0.06  # m along the pads (the peg is 100 mm long)
+HELD_OPENING = 0.026  # m of total jaw opening; closed on the 20 mm peg reads about 0.02
 
 
 def rot_from_rot6(rot6: np.ndarray) -> np.ndarray:
@@ -94,13 +101,6 @@ def is_held(peg_in_grasp: np.ndarray, finger_opening: float) -> bool:
     p = np.asarray(peg_in_grasp)
     return bool(abs(p[0]) < HELD_X and abs(p[1]) < HELD_Y and abs(p[2]) < HELD_Z and finger_opening < HELD_OPENING)
 
-
-# Held-peg bounds on `peg_in_grasp` (peg centre - TCP in the gripper frame; a nominal grasp reads about
-# (0, 0, -0.025): the peg's top 25 mm above the TCP).
-HELD_X = 0.015  # m along the tool axis
-HELD_Y = 0.006  # m across the jaws (the peg is 10 mm half wide, the pads press it to the centre)
-HELD_Z = 0.06  # m along the pads (the peg is 100 mm long)
-HELD_OPENING = 0.026  # m of total jaw opening; closed on the 20 mm peg reads about 0.02
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ class StackTask(Task):
     instruction = "stack the green block on the red block, then the blue block on the green block"
     xml_file = "stack.xml"
     config_cls = StackConfig
+    max_program_envs = 128  # precaution: XLA's CPU runtime deadlocked on pick_place's 256-env programs (tasks/base.py)
     family = "long-horizon"
     progress_field = "stack_progress"
     progress_description = ("blocks correctly stacked / 2 (green on red, then blue on green); the task is done at 1 "
@@ -197,7 +198,7 @@ class StackTask(Task):
         "placed_off_centre": "a block was released resting on the block below but off its centre (or tilted); it must be re-placed",
         "wrong_order": "the blue block was stacked on the red base before the green one; it must be taken off first",
     }
-    injection_windows = {"toppled_stack": (45, 75), "placed_off_centre": (30, 70), "wrong_order": (3, 18)}
+    injection_windows = {"toppled_stack": (50, 90), "placed_off_centre": (30, 70), "wrong_order": (3, 18)}
     reward_component_descriptions = {
         "reach_block": "potential [0,1]: 1 - tanh(distance TCP - grasp point of the next block / 5 cm); 1 while holding it",
         "open_gripper": "potential [0,1]: jaw opening fraction while not holding the next block and more than 2 cm from its grasp point, 1 otherwise",

@@ -69,10 +69,9 @@ GRASP_RADIUS = 0.008  # TCP within this of the grasp point (and aligned) closes 
 ORIENT_TOL = 0.15
 CARRY_LIFT = 0.06  # block lifted this far above its resting height while carried
 LIFT_CLEAR = 0.03  # horizontal carry speed ramps up over the first 3 cm of lift (no dragging)
-CARRY_SLOW = 0.03  # horizontal carry speed falls linearly to zero over the last 3 cm (full speed beyond)
-DESCEND_START, DESCEND_END = 0.02, 0.005  # block xy distance (m) where the descent starts / is complete
-RELEASE_RADIUS = 0.012  # block xy within this of the target and ...
-RELEASE_HEIGHT = 0.008  # ... within this of its resting height: open the jaws
+DESCEND_RADIUS = 0.04  # the block descends to the table over the last 4 cm of the carry
+RELEASE_RADIUS = 0.01  # block xy within this of the target and ...
+RELEASE_HEIGHT = 0.006  # ... within this of its resting height: open the jaws
 PLACE_CLEARANCE = 0.003  # the block is lowered to its resting height plus this
 RETREAT = 0.05  # after release the gripper backs off this far along its tool axis and up
 # Failure-label thresholds (FINGERS_CLOSED, GRIPPER_HIGH_Z, TIPPED_COS, ...) come from
@@ -301,18 +300,17 @@ class PickPlaceTask(Task):
         pregrasp = grasp + approach * STANDOFF * misalign
         at_block = (jnp.linalg.norm(rel) < GRASP_RADIUS) & (rot_err_norm < ORIENT_TOL)
 
-        # --- carry: lift, move over the target at a constant height, descend over the last 2 cm, release.
-        # Speeds change gradually (no saturating per-axis gains) so the behaviour-cloned base can follow them.
+        # --- carry: lift, move over the target, descend along a glide path, release.
         rest_z = resting_height(priv["block_rot"])
         to_target = target[:2] - block[:2]
         dist = jnp.linalg.norm(to_target)
         lift = block[2] - rest_z
-        glide = jnp.clip((dist - DESCEND_END) / (DESCEND_START - DESCEND_END), 0.0, 1.0)
+        glide = jnp.clip(dist / DESCEND_RADIUS, 0.0, 1.0)
         block_goal_z = rest_z + PLACE_CLEARANCE + (CARRY_LIFT - PLACE_CLEARANCE) * glide
-        # Horizontal speed is gated by the lift (no dragging along the table) except over the target.
+        # Horizontal speed is gated by the lift (no dragging along the table) except near the target.
         gate = jnp.clip(lift / LIFT_CLEAR + (1.0 - glide), 0.0, 1.0)
-        horizontal = to_target / jnp.maximum(dist, CARRY_SLOW) * gate
-        carry_dpos = jnp.concatenate([horizontal, jnp.clip(jnp.reshape(block_goal_z - block[2], (1,)) / limits.max_translation, -1.0, 1.0)])
+        carry_dpos = jnp.concatenate([jnp.clip(to_target / limits.max_translation, -1.0, 1.0) * gate,
+                                      jnp.clip(jnp.reshape(block_goal_z - block[2], (1,)) / limits.max_translation, -1.0, 1.0)])
         release = held & (dist < RELEASE_RADIUS) & (lift < RELEASE_HEIGHT)
 
         # --- placed (not held, at the target): open and back away.

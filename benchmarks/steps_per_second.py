@@ -46,8 +46,7 @@ def _time(fn, args: tuple, min_seconds: float) -> tuple[float, int, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="drawer")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated; default 64,128,256 on CPU (larger batches hang XLA's CPU runtime here, "
-                             "see the source) or 256..16384 on GPU/TPU")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated; default 64,256,1024 on CPU or 256..16384 on GPU/TPU")
     parser.add_argument("--unroll", type=int, default=25, help="control steps per timed jitted call")
     parser.add_argument("--warmup", type=int, default=20, help="base-policy steps after reset before timing")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per measurement")
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.batch_sizes:
         sizes = [int(s) for s in args.batch_sizes.split(",")]
     else:
-        sizes = [256, 1024, 4096, 16384] if on_accelerator() else [64, 128, 256]
+        sizes = [256, 1024, 4096, 16384] if on_accelerator() else [64, 256, 1024]
     task = get_task(args.task)
     base = load_or_train_base_policy(task, log=lambda m: print(m, file=sys.stderr))
     env = TaskEnv(task)
@@ -89,10 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         def bare_replay(data, ctrls):
             # Same loop structure as the task step: scan over time outside, vmap over envs inside.
-            # Known problem: on 2 CPU cores with jax 0.10.2 this replay hangs (all XLA threads idle) at
-            # 1024 envs, with either loop order, with the compilation cache off, with
-            # XLA_FLAGS=--xla_cpu_multi_thread_eigen=false and with JAX_CPU_ENABLE_ASYNC_DISPATCH=false
-            # (each tried); 64 and 256 run. Hence the CPU default sizes stop at 256.
+            # With jaxlib's LAPACK Cholesky (RECOVLA_CPU_LINALG=lapack) this replay hangs at 1024 envs on 2
+            # cores (XLA's thread pool starved, see recovla_jax/sim/cpu_linalg.py); the default lowering runs.
             physics = jax.vmap(mjx.step, in_axes=(in_axes, 0))
 
             def body(d, ctrl):

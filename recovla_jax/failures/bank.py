@@ -95,7 +95,8 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
     """Inject, label, filter by base failure and split, for every failure mode of `task`."""
     env = TaskEnv(task)
     # Candidates are collected in chunks of `chunk_size` envs (one compiled program reused): on 2 CPU
-    # cores with jax 0.10.2 a 1024-env version of this program hung in XLA's CPU runtime (idle threads).
+    # cores with jax 0.10.2 a 1024-env version of this program hung in XLA's CPU runtime (idle threads)
+    # before `sim.cpu_linalg` replaced LAPACK's thread-pool-blocking Cholesky; chunks also bound memory.
     n = min(cfg.chunk_size, cfg.candidates_per_mode, task.max_program_envs)
     num_chunks = -(-cfg.candidates_per_mode // n)
     priv_fn = jax.vmap(task.privileged, in_axes=(None, 0))

@@ -71,7 +71,8 @@ def collect_demos(task: Task, cfg: BCConfig, rng: jax.Array) -> tuple[np.ndarray
     """Expert demonstrations (obs, clean expert action) from nominal episodes; returns expert success too.
 
     Collected in chunks of `DEMO_CHUNK` envs with one compiled program: on 2 CPU cores with jax 0.10.2
-    some larger batched MJX programs hung (all XLA threads idle), see the failure bank's note.
+    some larger batched MJX programs hung (all XLA threads idle) before `sim.cpu_linalg`; the chunk size
+    stays because the demos (and so the cached policies' keys) depend on it.
     """
     env = TaskEnv(task)
     n = min(cfg.demo_envs, DEMO_CHUNK, task.max_program_envs)

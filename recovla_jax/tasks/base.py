@@ -56,10 +56,9 @@ class Task(abc.ABC):
     # its unit and meaning. `progress_threshold()` is the value at which the task counts as done.
     progress_field: str = ""
     progress_description: str = ""
-    # Envs per batched MJX program (demo collection, failure bank, nominal evaluation). On 2 CPU cores with
-    # jaxlib 0.10.2 XLA's CPU runtime deadlocks (every thread idle, the caller blocked on the result) on
-    # some batched programs above a scene-dependent size: the drawer at 512 envs, pick_place at 256
-    # (twice in a row), while 128 ran. Chunking keeps every program at or below this size.
+    # Envs per batched MJX program (demo collection, failure bank, nominal evaluation). It was lowered for
+    # some tasks while jaxlib's LAPACK Cholesky deadlocked XLA's CPU thread pool (fixed by sim.cpu_linalg);
+    # it stays a per-task knob because the cached BC demos, and so the cache keys, depend on it.
     max_program_envs: int = 256
 
     def __init__(self, config: TaskConfig | dict | None = None):

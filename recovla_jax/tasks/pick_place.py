@@ -83,7 +83,7 @@ class PickPlaceTask(Task):
     instruction = "pick up the blue block and place it on the green target square"
     xml_file = "pick_place.xml"
     config_cls = PickPlaceConfig
-    max_program_envs = 128  # XLA's CPU runtime deadlocked on this scene's 256-env programs (see tasks/base.py)
+    max_program_envs = 128  # chosen while the CPU deadlock stood (tasks/base.py); BC cache keys depend on it
     family = "short-horizon"
     progress_field = "place_progress"
     progress_description = ("1 at success, else 0.9 * (0.3 reach + 0.2 held + 0.5 transport) <= 0.9; "

@@ -76,7 +76,7 @@ class StackTask(Task):
     instruction = "stack the green block on the red block, then the blue block on the green block"
     xml_file = "stack.xml"
     config_cls = StackConfig
-    max_program_envs = 128  # precaution: XLA's CPU runtime deadlocked on pick_place's 256-env programs (tasks/base.py)
+    max_program_envs = 128  # chosen while the CPU deadlock stood (tasks/base.py); BC cache keys depend on it
     family = "long-horizon"
     progress_field = "stack_progress"
     progress_description = ("blocks correctly stacked / 2 (green on red, then blue on green); the task is done at 1 "

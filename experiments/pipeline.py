@@ -19,7 +19,6 @@ from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
 from recovla_jax.policies.bc import load_or_train_base_policy
-from recovla_jax.rewards.library import component_names
 from recovla_jax.sim.randomization import DomainRandomization
 from recovla_jax.sim.wrappers import wrap_batched
 from recovla_jax.tasks import get_task, task_class

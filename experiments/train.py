@@ -10,11 +10,8 @@ failure bank, summary.md, results.json and learning_curves.png. Defaults scale u
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from datetime import datetime
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")

@@ -33,3 +33,43 @@ def test_base_policy_is_cached(drawer_base_policy, drawer_task, bc_cache_dir):
     assert any("loaded cached" in m for m in messages), messages
     for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(drawer_base_policy.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cache_key_follows_task_source_and_config(drawer_task, monkeypatch):
+    from recovla_jax.policies import bc
+    from recovla_jax.tasks import get_task
+
+    key = bc.cache_key(drawer_task, BCConfig())
+    assert bc.cache_key(get_task("drawer"), BCConfig()) == key
+    assert bc.cache_key(drawer_task, BCConfig(seed=1)) != key
+    assert bc.cache_key(get_task("drawer", {"episode_length": 90}), BCConfig()) != key
+    # an edited expert (any change to the task's module source) must not reuse the cached clone
+    monkeypatch.setattr(bc, "_module_sources", lambda *modules: "edited")
+    assert bc.cache_key(drawer_task, BCConfig()) != key
+
+
+def test_module_sources_hash_the_files(tmp_path, monkeypatch):
+    from recovla_jax.policies.bc import _module_sources
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "fake_task_mod.py").write_text("X = 1\n")
+    first = _module_sources("fake_task_mod", "no_such_module_anywhere")
+    (tmp_path / "fake_task_mod.py").write_text("X = 2\n")
+    assert _module_sources("fake_task_mod") != first
+
+
+def test_dagger_round_labels_the_learners_states_with_the_expert():
+    """With a learner, the learner drives and the expert only labels: a learner that holds still visits
+    only the start states, yet every label is the expert's (moving) action there."""
+    from recovla_jax.policies.base_policy import BasePolicy
+    from recovla_jax.policies.bc import collect_demos
+    from recovla_jax.tasks import get_task
+
+    task = get_task("drawer", {"episode_length": 12})
+    hold = BasePolicy("hold", lambda params, obs: jnp.zeros(obs.shape[:-1] + (7,)).at[..., 6].set(-1.0), {}, {})
+    obs, actions, success = collect_demos(task, BCConfig(demo_envs=8), jax.random.PRNGKey(0), learner=hold,
+                                          num_episodes=8)
+    assert success == 0.0 and obs.shape == (8 * 12, task.observation_size)
+    tcp = obs[:, :3].reshape(12, 8, 3)  # time-major; field 0 is the TCP position
+    assert np.abs(tcp - tcp[0]).max() < 0.005  # the learner held still
+    assert np.linalg.norm(actions[:, :3], axis=-1).min() > 0.1  # the expert wanted to move every time

@@ -82,3 +82,9 @@ def test_rules_module_imports_without_jax(task):
     assert src is not None, f"{task.name}: no {module}"
     text = open(src.origin).read()
     assert "import jax" not in text and "from jax" not in text, f"{module} imports JAX"
+
+
+def test_bc_overrides_are_valid_bc_config(task):
+    from recovla_jax.policies.bc import BCConfig
+
+    BCConfig(**task.bc_overrides)  # extra="forbid": a misspelt field raises here, not after minutes of demos

@@ -14,7 +14,6 @@ than converting a whole `MjData` every control step. Tasks must not read contact
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import mujoco
 import numpy as np
 from mujoco import mjx

@@ -9,15 +9,18 @@ a hash of the task, its scene and this config: the second run loads it instead o
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from recovla_jax.evaluation.rollout import rollout_success
 from recovla_jax.evaluation.stats import wilson
@@ -28,7 +31,7 @@ from recovla_jax.tasks.base import ASSETS, Task
 from recovla_jax.utils.checkpoint import restore_pytree, save_pytree
 from recovla_jax.utils.jax_setup import DEFAULT_CACHE_DIR, package_versions
 
-CACHE_FORMAT = 2  # 2: demos collected in chunks of DEMO_CHUNK envs
+CACHE_FORMAT = 3  # 2: demos collected in chunks of DEMO_CHUNK envs; 3: task and rules source hashed
 
 
 class BCConfig(BaseModel):
@@ -47,41 +50,73 @@ class BCConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0.0)
     eval_envs: int = Field(256, ge=8)
     seed: int = 0
+    # DAgger rounds after the first fit: the clone drives `dagger_envs` nominal episodes, the expert labels
+    # every state it visits, and the clone is refit (warm-started) on all data so far. Still nominal starts
+    # only (no injected failures), but the clone learns to correct its own compounding errors: multi-stage
+    # tasks need it (pick_place and stack clones hovered or stalled in states the expert never visits).
+    dagger_rounds: int = Field(0, ge=0)
+    dagger_envs: int = Field(512, ge=8)
 
 
 def cache_key(task: Task, cfg: BCConfig) -> str:
-    """Hash of everything the cloned policy depends on."""
+    """Hash of everything the cloned policy depends on.
+
+    The task's own module and its runtime rules module are hashed as source text, so editing the expert,
+    the reset or the observation retrains the clone instead of silently reusing a stale one (at the price
+    of retraining after any edit of those files, comments included).
+    """
     payload = {
         "format": CACHE_FORMAT,
         "task": task.name,
         "task_config": task.config.model_dump(mode="json"),
         "scene": (ASSETS / task.xml_file).read_text(),
+        "task_source": _module_sources(type(task).__module__, f"recovla_jax.runtime.{task.name}_rules"),
         "bc": cfg.model_dump(mode="json"),
+        "demo_chunk": min(DEMO_CHUNK, task.max_program_envs),
     }
-    chunk = min(DEMO_CHUNK, task.max_program_envs)
-    if chunk != 256:  # the demos depend on the chunking; 256 (format 2's only value) stays out of older keys
-        payload["demo_chunk"] = chunk
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _module_sources(*modules: str) -> str:
+    """SHA-256 of the concatenated source files of the named modules (those that exist)."""
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            digest.update(Path(spec.origin).read_bytes())
+    return digest.hexdigest()
 
 
 DEMO_CHUNK = 256  # envs per jitted demo-collection call, at most; tasks may cap it lower (Task.max_program_envs)
 
 
-def collect_demos(task: Task, cfg: BCConfig, rng: jax.Array) -> tuple[np.ndarray, np.ndarray, float]:
-    """Expert demonstrations (obs, clean expert action) from nominal episodes; returns expert success too.
+def collect_demos(
+    task: Task,
+    cfg: BCConfig,
+    rng: jax.Array,
+    on_chunk: Callable[[int, int], None] | None = None,
+    learner: BasePolicy | None = None,
+    num_episodes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Expert-labelled (obs, clean expert action) pairs from nominal episodes, and the driver's success rate.
+
+    Without `learner` the expert drives (with DART noise on `noisy_fraction` of the envs); with it the
+    learner drives and the expert only labels the states it visits (a DAgger round).
 
     Collected in chunks of `DEMO_CHUNK` envs with one compiled program: on 2 CPU cores with jax 0.10.2
     some larger batched MJX programs hung (all XLA threads idle) before `sim.cpu_linalg`; the chunk size
     stays because the demos (and so the cached policies' keys) depend on it.
     """
     env = TaskEnv(task)
-    n = min(cfg.demo_envs, DEMO_CHUNK, task.max_program_envs)
-    num_chunks = -(-cfg.demo_envs // n)
-    n_noisy = int(cfg.demo_envs * cfg.noisy_fraction)
+    episodes = num_episodes or cfg.demo_envs
+    n = min(episodes, DEMO_CHUNK, task.max_program_envs)
+    num_chunks = -(-episodes // n)
+    n_noisy = 0 if learner is not None else int(episodes * cfg.noisy_fraction)
     priv_fn = jax.vmap(task.privileged, in_axes=(None, 0))
+    learner_params = learner.params if learner is not None else {}
 
     @jax.jit
-    def run(k_reset, k_roll, noisy):
+    def run(k_reset, k_roll, noisy, params):
         state = jax.vmap(env.reset)(jax.random.split(k_reset, n))
 
         def body(carry, _):
@@ -89,7 +124,8 @@ def collect_demos(task: Task, cfg: BCConfig, rng: jax.Array) -> tuple[np.ndarray
             key, sub = jax.random.split(key)
             expert = jax.vmap(task.expert_action)(priv_fn(env.sys, state.pipeline_state))
             noise = cfg.noise_std * jax.random.normal(sub, expert.shape) * noisy[:, None]
-            nxt = jax.vmap(env.step)(state, expert + noise)
+            driver = expert + noise if learner is None else learner.apply(params, state.obs)
+            nxt = jax.vmap(env.step)(state, driver)
             record = (state.obs, expert, ~done)
             return (nxt, done | (nxt.done > 0), key), record
 
@@ -102,22 +138,31 @@ def collect_demos(task: Task, cfg: BCConfig, rng: jax.Array) -> tuple[np.ndarray
     for c in range(num_chunks):
         k_reset, k_roll = jax.random.split(jax.random.fold_in(rng, c))
         noisy = np.arange(c * n, (c + 1) * n) < n_noisy
-        obs, act, valid, done = jax.device_get(run(k_reset, k_roll, jnp.asarray(noisy)))
+        obs, act, valid, done = jax.device_get(run(k_reset, k_roll, jnp.asarray(noisy), learner_params))
         valid = np.asarray(valid)
         obs_all.append(np.asarray(obs)[valid])
         act_all.append(np.asarray(act)[valid])
         clean_ok += int(np.sum(np.asarray(done) & ~noisy))
         clean_n += int(np.sum(~noisy))
+        if on_chunk is not None:
+            on_chunk(c + 1, num_chunks)
     return np.concatenate(obs_all), np.concatenate(act_all), clean_ok / max(clean_n, 1)
 
 
-def train_bc(obs: np.ndarray, actions: np.ndarray, cfg: BCConfig, rng: jax.Array, progress=None) -> dict:
-    """Fit the MLP by MSE on tanh-squashed outputs; returns params with the normalisation statistics."""
-    mean = obs.mean(0)
-    std = obs.std(0) + 1e-3
+def train_bc(
+    obs: np.ndarray, actions: np.ndarray, cfg: BCConfig, rng: jax.Array, progress=None, init: dict | None = None
+) -> tuple[dict, float]:
+    """Fit the MLP by MSE on tanh-squashed outputs; returns params with the normalisation statistics.
+
+    `init` warm-starts from earlier params (DAgger rounds), keeping their normalisation statistics.
+    """
     net = bc_network(cfg.hidden, ACTION_SIZE)
     k_init, k_data = jax.random.split(rng)
-    params = {"net": net.init(k_init, jnp.zeros(obs.shape[-1]))["params"], "obs_mean": jnp.asarray(mean), "obs_std": jnp.asarray(std)}
+    if init is None:
+        params = {"net": net.init(k_init, jnp.zeros(obs.shape[-1]))["params"],
+                  "obs_mean": jnp.asarray(obs.mean(0)), "obs_std": jnp.asarray(obs.std(0) + 1e-3)}
+    else:
+        params = init
     apply = make_bc_apply(cfg.hidden, ACTION_SIZE)
     schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.train_steps)
     opt = optax.adam(schedule)
@@ -168,11 +213,16 @@ def evaluate_nominal(task: Task, policy: BasePolicy, num_envs: int, rng: jax.Arr
     return wilson(int(ok.sum()), int(ok.size)).as_dict()
 
 
+def _bc_progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+
+
 def load_or_train_base_policy(
     task: Task, cfg: BCConfig | None = None, cache_dir: Path | None = None, log=print, progress=None
 ) -> BasePolicy:
     """The frozen BC base policy for `task`: loaded from the cache, or trained, evaluated and cached."""
-    cfg = cfg or BCConfig()
+    cfg = cfg or BCConfig(**task.bc_overrides)
     key = cache_key(task, cfg)
     root = Path(cache_dir or DEFAULT_CACHE_DIR) / "base_policies" / f"{task.name}-{key}"
     meta_path = root / "meta.json"
@@ -187,9 +237,34 @@ def load_or_train_base_policy(
     rng = jax.random.PRNGKey(cfg.seed)
     k_demo, k_train, k_eval = jax.random.split(rng, 3)
     log(f"base policy: no cache at {root}; collecting expert demos from {cfg.demo_envs} nominal episodes")
-    obs, actions, expert_success = collect_demos(task, cfg, k_demo)
-    log(f"base policy: {len(obs)} demo samples, expert success on clean demo episodes {expert_success:.1%}")
-    params, loss = train_bc(obs, actions, cfg, k_train, progress=progress)
+    with _bc_progress() as bars:
+        demos = bars.add_task("base policy: expert demos", total=None, info="")
+        obs, actions, expert_success = collect_demos(
+            task, cfg, k_demo, on_chunk=lambda i, n: bars.update(demos, completed=i, total=n, info="chunks of envs"))
+        log(f"base policy: {len(obs)} demo samples, expert success on clean demo episodes {expert_success:.1%}")
+        fit = bars.add_task("base policy: behaviour cloning", total=None, info="")
+
+        def on_train_chunk(i: int, n: int, loss: float) -> None:
+            bars.update(fit, completed=i, total=n, info=f"loss {loss:.4f}")
+            if progress is not None:
+                progress(i, n, loss)
+
+        params, loss = train_bc(obs, actions, cfg, k_train, progress=on_train_chunk)
+        dagger = []
+        for r in range(cfg.dagger_rounds):
+            rollouts = bars.add_task(f"base policy: DAgger round {r + 1}/{cfg.dagger_rounds}", total=None, info="")
+            learner = BasePolicy(name="learner", apply=apply, params=params, info={})
+            more_obs, more_actions, learner_success = collect_demos(
+                task, cfg, jax.random.fold_in(k_demo, r + 1), learner=learner, num_episodes=cfg.dagger_envs,
+                on_chunk=lambda i, n, t=rollouts: bars.update(t, completed=i, total=n, info="learner episodes"))
+            obs, actions = np.concatenate([obs, more_obs]), np.concatenate([actions, more_actions])
+            log(f"base policy: DAgger round {r + 1}: clone succeeded in {learner_success:.1%} of "
+                f"{cfg.dagger_envs} episodes; {len(obs)} labelled samples in all")
+            fit = bars.add_task(f"base policy: refit {r + 1}/{cfg.dagger_rounds}", total=None, info="")
+            params, loss = train_bc(obs, actions, cfg, jax.random.fold_in(k_train, r + 1),
+                                    progress=on_train_chunk, init=params)
+            dagger.append({"round": r + 1, "learner_success_before_refit": learner_success,
+                           "samples": int(len(obs)), "train_loss": loss})
     policy = BasePolicy(name=f"bc-{task.name}", apply=apply, params=params, info={})
     nominal = evaluate_nominal(task, policy, cfg.eval_envs, k_eval)
     meta = {
@@ -199,6 +274,7 @@ def load_or_train_base_policy(
         "demo_samples": int(len(obs)),
         "expert_demo_success": expert_success,
         "final_train_loss": loss,
+        "dagger": dagger,
         "nominal_success": nominal,
         "train_seconds": time.time() - t0,
         "versions": package_versions(),

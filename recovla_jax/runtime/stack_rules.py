@@ -118,7 +118,7 @@ def classify(obs: np.ndarray) -> RulesResult:
     """The failure rules on a stack observation."""
     p = privileged_from_obs(obs)
     s = stack_state(p)
-    b, tilt, held, finger = p["block_pos"], p["block_tilt"], p["held"], p["finger_opening"]
+    b, held, finger = p["block_pos"], p["held"], p["finger_opening"]
     success = s["placed3"] and finger > RELEASED_OPENING
     base_dist = np.linalg.norm(b[1:, :2] - b[0, :2], axis=-1)
     fallen = [(not held[k]) and b[k, 2] < ON_FLOOR_Z and base_dist[k - 1] < NEAR_STACK for k in (1, 2)]

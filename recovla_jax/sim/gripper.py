@@ -12,6 +12,7 @@ so a blocked gripper never winds up its targets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import mujoco
@@ -22,6 +23,9 @@ import mujoco
 from recovla_jax.runtime.gripper import (ACTION_NAMES, ACTION_SIZE, ARM_JOINTS, FINGER_JOINTS, FINGER_OPEN,  # noqa: F401
                                          FINGER_SQUEEZE, MAX_ROTATION, MAX_TRANSLATION)
 from recovla_jax.sim import rotations
+
+if TYPE_CHECKING:
+    from mujoco import mjx
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,24 @@ def action_to_ctrl(
 def hold_ctrl(idx: GripperIndices, qpos: jnp.ndarray, grip: float = -1.0) -> jnp.ndarray:
     """Targets that hold the current pose (used at reset so the first step does not jerk)."""
     return action_to_ctrl(idx, GripperLimits(), qpos, jnp.zeros(ACTION_SIZE).at[6].set(grip))
+
+
+def teleport(
+    idx: GripperIndices,
+    data: mjx.Data,
+    tcp_offset: jnp.ndarray,
+    tcp: jnp.ndarray,
+    rot: jnp.ndarray,
+    finger: jnp.ndarray,
+    grip_cmd: jnp.ndarray,
+) -> mjx.Data:
+    """Put the gripper at rest with its TCP at `tcp` and rotation `rot`, jaws at `finger` per side, holding
+    that pose under `grip_cmd` (failure injectors use it; positions only, so call mjx.forward afterwards)."""
+    body = tcp - rot @ tcp_offset
+    qpos = data.qpos.at[jnp.array(idx.arm_qpos)].set(jnp.concatenate([body, rotations.mat_to_euler_zyx(rot)]))
+    qpos = qpos.at[jnp.array(idx.finger_qpos)].set(finger)
+    qvel = data.qvel.at[jnp.array(idx.arm_qvel)].set(0.0)
+    return data.replace(qpos=qpos, qvel=qvel, ctrl=hold_ctrl(idx, qpos, grip_cmd))
 
 
 def _wrap_angle(x: jnp.ndarray) -> jnp.ndarray:

@@ -8,7 +8,6 @@ from a configured range. The output plugs into `sim.wrappers.RandomizedVmapWrapp
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from mujoco import mjx
 from pydantic import BaseModel, ConfigDict, model_validator
 

@@ -60,3 +60,19 @@ def skew(v: jnp.ndarray) -> jnp.ndarray:
 def yaw_to_quat(yaw: jnp.ndarray) -> jnp.ndarray:
     """MuJoCo (w, x, y, z) quaternion of a rotation about world z."""
     return jnp.array([jnp.cos(yaw / 2.0), 0.0, 0.0, jnp.sin(yaw / 2.0)])
+
+
+def mat_to_quat(mat: jnp.ndarray) -> jnp.ndarray:
+    """MuJoCo (w, x, y, z) quaternion of a rotation matrix, w >= 0 (Shepperd's method: the best-conditioned
+    of four branches, chosen branch-free with argmax so it traces under jit)."""
+    m = mat
+    tr = jnp.trace(m)
+    cands = jnp.stack([
+        jnp.array([1.0 + tr, m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]),
+        jnp.array([m[2, 1] - m[1, 2], 1.0 + m[0, 0] - m[1, 1] - m[2, 2], m[0, 1] + m[1, 0], m[0, 2] + m[2, 0]]),
+        jnp.array([m[0, 2] - m[2, 0], m[0, 1] + m[1, 0], 1.0 + m[1, 1] - m[0, 0] - m[2, 2], m[1, 2] + m[2, 1]]),
+        jnp.array([m[1, 0] - m[0, 1], m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], 1.0 + m[2, 2] - m[0, 0] - m[1, 1]]),
+    ])
+    q = cands[jnp.argmax(jnp.array([tr, m[0, 0], m[1, 1], m[2, 2]]))]
+    q = q / jnp.linalg.norm(q)
+    return q * jnp.where(q[0] < 0, -1.0, 1.0)

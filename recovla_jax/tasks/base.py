@@ -60,6 +60,8 @@ class Task(abc.ABC):
     # some tasks while jaxlib's LAPACK Cholesky deadlocked XLA's CPU thread pool (fixed by sim.cpu_linalg);
     # it stays a per-task knob because the cached BC demos, and so the cache keys, depend on it.
     max_program_envs: int = 256
+    # The task's default BC recipe where it differs from `policies.bc.BCConfig` (e.g. DAgger rounds).
+    bc_overrides: dict = {}
 
     def __init__(self, config: TaskConfig | dict | None = None):
         if config is None:
@@ -159,7 +161,17 @@ class Task(abc.ABC):
         The offline `rules` selector's hook: it must always name one of `failure_modes` (a failure state
         is given), and must read nothing but `obs`.
         """
-        raise NotImplementedError(f"task {self.name!r} defines no offline diagnosis rules")
+        from importlib import import_module
+
+        module = f"recovla_jax.runtime.{self.name}_rules"
+        try:
+            rules = import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            raise NotImplementedError(f"task {self.name!r} defines no offline diagnosis rules ({module})") from err
+        verdict = rules.classify(obs)  # when no rule fires the closest story is named: a failure state is given
+        return verdict.closest_mode, verdict.stage, verdict.reason
 
     def inject(self, model: mjx.Model, data: mjx.Data, mode: jnp.ndarray, rng: jax.Array) -> mjx.Data:
         """Apply the perturbation of failure mode index `mode` to a state (pure JAX)."""

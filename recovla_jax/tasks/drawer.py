@@ -24,7 +24,6 @@ import numpy as np
 from mujoco import mjx
 from pydantic import Field
 
-from recovla_jax.runtime import drawer_rules
 from recovla_jax.runtime.drawer import CABINET_JOINTS
 from recovla_jax.runtime.drawer_rules import (BETWEEN_XY, BETWEEN_Z, DRAWER_MOVED, FINGERS_CLOSED, GRASPED_OPENING,
                                               MISALIGNED_ANGLE, NEAR_HANDLE)
@@ -221,12 +220,6 @@ class DrawerTask(Task):
     def label(self, priv: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
         return _drawer_label(self, priv)
 
-    def rules_classify(self, obs: np.ndarray) -> tuple[str, str, str]:
-        """`runtime.drawer_rules.classify` on the observation; a failure state is given, so when no rule fires
-        (e.g. the handle is held) the closest story is named."""
-        r = drawer_rules.classify(obs)
-        return r.closest_mode, r.stage, r.reason
-
     def inject(self, model: mjx.Model, data: mjx.Data, mode: jnp.ndarray, rng: jax.Array) -> mjx.Data:
         return _drawer_inject(self, model, data, mode, rng)
 
@@ -297,18 +290,6 @@ def _drawer_label(task: "DrawerTask", priv: dict[str, jnp.ndarray]) -> tuple[jnp
     return mode.astype(jnp.int32), stage.astype(jnp.int32)
 
 
-def _set_gripper(task: "DrawerTask", data: mjx.Data, tcp: jnp.ndarray, rot: jnp.ndarray, finger: jnp.ndarray, grip_cmd: jnp.ndarray) -> mjx.Data:
-    """Teleport the gripper (at rest) so its TCP is at `tcp` with rotation `rot`; set finger state and command."""
-    idx = task.gripper
-    euler = rotations.mat_to_euler_zyx(rot)
-    body = tcp - rot @ task.tcp_offset
-    qpos = data.qpos.at[jnp.array(idx.arm_qpos)].set(jnp.concatenate([body, euler]))
-    qpos = qpos.at[jnp.array(idx.finger_qpos)].set(finger)
-    qvel = data.qvel.at[jnp.array(idx.arm_qvel)].set(0.0)
-    ctrl = grip.hold_ctrl(idx, qpos, grip_cmd)
-    return data.replace(qpos=qpos, qvel=qvel, ctrl=ctrl)
-
-
 def _drawer_inject(task: "DrawerTask", model: mjx.Model, data: mjx.Data, mode: jnp.ndarray, rng: jax.Array) -> mjx.Data:
     priv = task.privileged(model, data)
     axis = priv["drawer_axis"]
@@ -323,7 +304,7 @@ def _drawer_inject(task: "DrawerTask", model: mjx.Model, data: mjx.Data, mode: j
         lateral = jnp.where(side, jnp.array([0.0, 1.0, 0.0]), jnp.array([0.0, 0.0, 1.0])) * sign * u(k[2], 0.025, 0.05)
         local = jnp.array([u(k[3], -0.005, 0.02), 0.0, 0.0]) + lateral
         tcp = priv["handle_pos"] + cab_rot @ local
-        return _set_gripper(task, d, tcp, priv["gripper_rot"], jnp.zeros(()), jnp.ones(()))
+        return grip.teleport(task.gripper, d, task.tcp_offset, tcp, priv["gripper_rot"], jnp.zeros(()), jnp.ones(()))
 
     def slipped_off(d: mjx.Data) -> mjx.Data:
         # The handle slips out of the grasp mid-pull and the gripper recoils 2-8 cm; the wrist is jolted
@@ -334,7 +315,7 @@ def _drawer_inject(task: "DrawerTask", model: mjx.Model, data: mjx.Data, mode: j
         jolt = rotations.axis_angle_to_mat(direction / (jnp.linalg.norm(direction) + 1e-9) * u(k[5], 0.0, 0.3))
         closed = sign > 0
         finger = jnp.where(closed, 0.0, grip.FINGER_OPEN)
-        return _set_gripper(task, d, priv["tcp_pos"] + back, jolt @ priv["gripper_rot"], finger, jnp.where(closed, 1.0, -1.0))
+        return grip.teleport(task.gripper, d, task.tcp_offset, priv["tcp_pos"] + back, jolt @ priv["gripper_rot"], finger, jnp.where(closed, 1.0, -1.0))
 
     def misaligned_gripper(d: mjx.Data) -> mjx.Data:
         # A knock during the approach twists the wrist 0.6-1.2 rad about a random axis.
@@ -342,7 +323,7 @@ def _drawer_inject(task: "DrawerTask", model: mjx.Model, data: mjx.Data, mode: j
         direction = direction / (jnp.linalg.norm(direction) + 1e-9)
         twist = rotations.axis_angle_to_mat(direction * u(k[2], 0.6, 1.2))
         shift = u(k[3], -0.03, 0.03, (3,))
-        return _set_gripper(task, d, priv["tcp_pos"] + shift, twist @ priv["gripper_rot"], jnp.full((), grip.FINGER_OPEN), -jnp.ones(()))
+        return grip.teleport(task.gripper, d, task.tcp_offset, priv["tcp_pos"] + shift, twist @ priv["gripper_rot"], jnp.full((), grip.FINGER_OPEN), -jnp.ones(()))
 
     data = jax.lax.switch(mode, [missed_handle, slipped_off, misaligned_gripper], data)
     return mjx.forward(model, data)

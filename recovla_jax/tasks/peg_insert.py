@@ -71,21 +71,6 @@ WEDGE_SLACK = 1.5e-4  # m of clearance left at the two wedge contacts (no initia
 REST_GAP = 3e-4  # m between the tip and the rim when a misaligned peg is set down on it
 
 
-def mat_to_quat(mat: jnp.ndarray) -> jnp.ndarray:
-    """MuJoCo (w, x, y, z) quaternion of a rotation matrix (Shepperd's method: the best-conditioned branch)."""
-    m = mat
-    tr = jnp.trace(m)
-    cands = jnp.stack([
-        jnp.array([1.0 + tr, m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]),
-        jnp.array([m[2, 1] - m[1, 2], 1.0 + m[0, 0] - m[1, 1] - m[2, 2], m[0, 1] + m[1, 0], m[0, 2] + m[2, 0]]),
-        jnp.array([m[0, 2] - m[2, 0], m[0, 1] + m[1, 0], 1.0 + m[1, 1] - m[0, 0] - m[2, 2], m[1, 2] + m[2, 1]]),
-        jnp.array([m[1, 0] - m[0, 1], m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], 1.0 + m[2, 2] - m[0, 0] - m[1, 1]]),
-    ])
-    q = cands[jnp.argmax(jnp.array([tr, m[0, 0], m[1, 1], m[2, 2]]))]
-    q = q / jnp.linalg.norm(q)
-    return q * jnp.where(q[0] < 0, -1.0, 1.0)
-
-
 def _angle(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     return jnp.arccos(jnp.clip(jnp.dot(a, b), -1.0, 1.0))
 
@@ -167,7 +152,7 @@ class PegInsertTask(Task):
         body = tcp - g_rot @ self.tcp_offset
         qpos = data.qpos.at[jnp.array(idx.arm_qpos)].set(jnp.concatenate([body, rotations.mat_to_euler_zyx(g_rot)]))
         qpos = qpos.at[jnp.array(idx.finger_qpos)].set(finger)
-        qpos = qpos.at[self.peg_qpos:self.peg_qpos + 7].set(jnp.concatenate([peg_pos, mat_to_quat(peg_rot)]))
+        qpos = qpos.at[self.peg_qpos:self.peg_qpos + 7].set(jnp.concatenate([peg_pos, rotations.mat_to_quat(peg_rot)]))
         data = data.replace(qpos=qpos, qvel=jnp.zeros_like(data.qvel), ctrl=grip.hold_ctrl(idx, qpos, 1.0))
         return mjx.forward(model, data)
 
@@ -270,12 +255,6 @@ class PegInsertTask(Task):
 
     def label(self, priv: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
         return _peg_label(priv)
-
-    def rules_classify(self, obs: np.ndarray) -> tuple[str, str, str]:
-        """`runtime.peg_insert_rules.classify` on the observation; a failure state is given, so when no rule
-        fires the closest story is named."""
-        r = rules.classify(obs)
-        return r.closest_mode, r.stage, r.reason
 
     def inject(self, model: mjx.Model, data: mjx.Data, mode: jnp.ndarray, rng: jax.Array) -> mjx.Data:
         return _peg_inject(self, model, data, mode, rng)

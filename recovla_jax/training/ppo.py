@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp

@@ -73,3 +73,18 @@ def test_dagger_round_labels_the_learners_states_with_the_expert():
     tcp = obs[:, :3].reshape(12, 8, 3)  # time-major; field 0 is the TCP position
     assert np.abs(tcp - tcp[0]).max() < 0.005  # the learner held still
     assert np.linalg.norm(actions[:, :3], axis=-1).min() > 0.1  # the expert wanted to move every time
+
+
+def test_dagger_rounds_refit_on_the_clones_own_states(tmp_path):
+    from recovla_jax.tasks import get_task
+
+    task = get_task("drawer", {"episode_length": 12})  # too short for the expert: every episode runs to the end
+    cfg = BCConfig(demo_envs=8, dagger_rounds=1, dagger_envs=8, train_steps=500, batch_size=64, eval_envs=8)
+    messages = []
+    policy = load_or_train_base_policy(task, cfg, cache_dir=tmp_path, log=messages.append)
+    rounds = policy.info["dagger"]
+    assert [r["round"] for r in rounds] == [1]
+    assert rounds[0]["samples"] == policy.info["demo_samples"] == 2 * 8 * 12  # expert demos + the clone's episodes
+    assert any("DAgger round 1" in m for m in messages)
+    again = load_or_train_base_policy(task, cfg, cache_dir=tmp_path, log=messages.append)
+    assert again.info["dagger"] == rounds

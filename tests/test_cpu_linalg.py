@@ -28,12 +28,22 @@ def test_cholesky_matches_numpy(n):
     np.testing.assert_allclose(np.asarray(factor), np.linalg.cholesky(a.astype(np.float64)), rtol=2e-4, atol=2e-4)
 
 
+def test_small_matrices_lower_without_lapack():
+    a = jnp.asarray(_spd(np.random.default_rng(0), 4, 6))
+    assert "lapack" not in jax.jit(jnp.linalg.cholesky).lower(a).as_text()
+    solve = jax.jit(lambda a, b: jax.lax.linalg.triangular_solve(a, b, left_side=True, lower=True))
+    assert "lapack" not in solve.lower(a, a).as_text()
+
+
 def test_cholesky_of_indefinite_matrix_is_nan_like_lapack():
     good = np.array([[4.0, 2.0], [2.0, 3.0]], np.float32)
     bad = np.array([[1.0, 2.0], [2.0, 1.0]], np.float32)
     factor = np.asarray(jax.jit(jax.vmap(jnp.linalg.cholesky))(np.stack([good, bad])))
     np.testing.assert_allclose(factor[0], np.linalg.cholesky(good), rtol=1e-6)
     assert np.isnan(factor[1][np.tril_indices(2)]).all()  # jnp zeroes the upper triangle, as with LAPACK
+    # a NaN input poisons a pivot: the whole factor is NaN (LAPACK may keep the columns before it)
+    nan_below = np.array([[4.0, 0.0], [np.nan, 3.0]], np.float32)
+    assert np.isnan(np.asarray(jax.jit(jnp.linalg.cholesky)(nan_below))[np.tril_indices(2)]).all()
 
 
 @pytest.mark.parametrize(
@@ -42,7 +52,8 @@ def test_cholesky_of_indefinite_matrix_is_nan_like_lapack():
 def test_triangular_solve_matches_dense_solve(left_side, lower, transpose_a, unit_diagonal):
     rng = np.random.default_rng(7)
     n, m = 9, 4
-    a = _spd(rng, 8, n)  # full matrix: only the named triangle may be read
+    # Not symmetric, so reading the wrong triangle (or ignoring transpose_a) gives a different answer.
+    a = (rng.normal(size=(8, n, n)) + n * np.eye(n)).astype(np.float32)
     b = rng.normal(size=(8, n, m) if left_side else (8, m, n)).astype(np.float32)
     x = jax.jit(
         lambda a, b: jax.lax.linalg.triangular_solve(
@@ -69,16 +80,26 @@ def test_cho_solve_gradient_matches_finite_difference():
     assert grad == pytest.approx(fd, rel=1e-2)
 
 
-def test_batched_mjx_step_holds_no_lapack_call(drawer_env):
+@pytest.mark.parametrize("task_name", ["drawer", "pick_place", "stack", "peg_insert"])
+def test_batched_mjx_step_holds_no_lapack_call(task_name):
     from mujoco import mjx
 
-    data = jax.vmap(lambda _: mjx.make_data(drawer_env.sys))(jnp.arange(4))
+    from recovla_jax.sim.env import TaskEnv
+    from recovla_jax.tasks import get_task
+
+    sys = TaskEnv(get_task(task_name)).sys
+    data = jax.vmap(lambda _: mjx.make_data(sys))(jnp.arange(4))
     batched_step = jax.vmap(mjx.step, in_axes=(None, 0))
-    assert "cholesky" in str(jax.make_jaxpr(batched_step)(drawer_env.sys, data))  # MJX does factor matrices
-    assert "lapack" not in jax.jit(batched_step).lower(drawer_env.sys, data).as_text()
+    assert "cholesky" in str(jax.make_jaxpr(batched_step)(sys, data))  # MJX does factor matrices
+    assert "lapack" not in jax.jit(batched_step).lower(sys, data).as_text()
 
 
-def test_large_matrices_keep_lapack():
+def test_large_matrices_keep_lapack_and_say_so():
     n = MAX_UNROLLED_SIZE + 1
-    hlo = jax.jit(jnp.linalg.cholesky).lower(jnp.eye(n)).as_text()
+    with pytest.warns(RuntimeWarning, match="LAPACK"):
+        hlo = jax.jit(jax.vmap(jnp.linalg.cholesky)).lower(jnp.tile(jnp.eye(n), (2, 1, 1))).as_text()
     assert "lapack" in hlo
+
+
+def test_empty_matrices_still_work():
+    assert jax.jit(jnp.linalg.cholesky)(jnp.zeros((3, 0, 0))).shape == (3, 0, 0)

@@ -424,6 +424,15 @@ def test_cache_hit_makes_no_request_and_offline_replay(drawer_task, labelled_ban
     assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 1
 
 
+def test_rules_selector_needs_the_tasks_rules_module(drawer_task):
+    assert make_selector("rules", drawer_task).name == "rules"
+    no_rules = object.__new__(type("NoRulesTask", (type(drawer_task),), {"name": "no_such_task"}))
+    no_rules.__dict__.update(drawer_task.__dict__)
+    assert not no_rules.has_rules()
+    with pytest.raises(ValueError, match="no diagnosis rules"):
+        make_selector("rules", no_rules)
+
+
 def test_missing_key_and_auto(drawer_task, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)

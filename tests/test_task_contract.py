@@ -77,7 +77,8 @@ def test_scene_is_mjx_compatible_and_has_the_diagnosis_cameras(task):
 
 def test_rules_module_imports_without_jax(task):
     """The robot-side rules of a task (runtime/<task>_rules.py) must not pull JAX in."""
-    module = f"recovla_jax.runtime.{task.name}_rules"
+    assert task.has_rules()
+    module = task.rules_module
     src = importlib.util.find_spec(module)
     assert src is not None, f"{task.name}: no {module}"
     text = open(src.origin).read()

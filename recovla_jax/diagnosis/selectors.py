@@ -76,5 +76,5 @@ def make_selector(
 
 
 def _check_rules(task: Task) -> None:
-    if type(task).rules_classify is Task.rules_classify:
-        raise ValueError(f"task {task.name!r} has no rules hook (Task.rules_classify); use --selector=oracle or gemini")
+    if not task.has_rules():
+        raise ValueError(f"task {task.name!r} has no diagnosis rules ({task.rules_module}); use --selector=oracle or gemini")

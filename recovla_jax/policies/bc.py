@@ -61,29 +61,38 @@ class BCConfig(BaseModel):
 def cache_key(task: Task, cfg: BCConfig) -> str:
     """Hash of everything the cloned policy depends on.
 
-    The task's own module and its runtime rules module are hashed as source text, so editing the expert,
-    the reset or the observation retrains the clone instead of silently reusing a stale one (at the price
-    of retraining after any edit of those files, comments included).
+    The source text of the modules that define what the demos contain is hashed (`DEMO_SOURCE_MODULES`
+    plus the task's module and its rules module): editing the expert, reset, observation, action mapping or
+    env step retrains the clone instead of silently reusing a stale one, at the price of retraining after
+    any edit of those files, comments included. Changes to the cloning algorithm itself (this module)
+    must bump `CACHE_FORMAT`.
     """
     payload = {
         "format": CACHE_FORMAT,
         "task": task.name,
         "task_config": task.config.model_dump(mode="json"),
         "scene": (ASSETS / task.xml_file).read_text(),
-        "task_source": _module_sources(type(task).__module__, f"recovla_jax.runtime.{task.name}_rules"),
+        "task_source": _module_sources(type(task).__module__, task.rules_module, *DEMO_SOURCE_MODULES),
         "bc": cfg.model_dump(mode="json"),
         "demo_chunk": min(DEMO_CHUNK, task.max_program_envs),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+DEMO_SOURCE_MODULES = ("recovla_jax.sim.env", "recovla_jax.sim.gripper", "recovla_jax.runtime.gripper",
+                       "recovla_jax.sim.rotations")
+
+
 def _module_sources(*modules: str) -> str:
-    """SHA-256 of the concatenated source files of the named modules (those that exist)."""
+    """SHA-256 of the concatenated source files of the named modules (those with a source file)."""
     digest = hashlib.sha256()
     for name in modules:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.origin:
-            digest.update(Path(spec.origin).read_bytes())
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ValueError, ModuleNotFoundError):  # e.g. a task defined in __main__ or a notebook
+            spec = None
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes())
     return digest.hexdigest()
 
 
@@ -104,8 +113,8 @@ def collect_demos(
     learner drives and the expert only labels the states it visits (a DAgger round).
 
     Collected in chunks of `DEMO_CHUNK` envs with one compiled program: on 2 CPU cores with jax 0.10.2
-    some larger batched MJX programs hung (all XLA threads idle) before `sim.cpu_linalg`; the chunk size
-    stays because the demos (and so the cached policies' keys) depend on it.
+    some larger batched MJX programs hung (all XLA threads idle) before `sim.cpu_linalg`; the chunk now
+    bounds the memory of one program.
     """
     env = TaskEnv(task)
     episodes = num_episodes or cfg.demo_envs
@@ -174,7 +183,7 @@ def train_bc(
         return jnp.mean(jnp.sum((pred - batch_act) ** 2, axis=-1))
 
     @jax.jit
-    def train_chunk(net_params, opt_state, key):
+    def train_chunk(net_params, opt_state, key, obs_j, act_j):  # data as arguments: not baked into the program
         def one(carry, k):
             p, s = carry
             i = jax.random.randint(k, (cfg.batch_size,), 0, obs_j.shape[0])
@@ -189,7 +198,7 @@ def train_bc(
     chunks = max(1, cfg.train_steps // 500)
     loss = float("nan")
     for i, key in enumerate(jax.random.split(k_data, chunks)):
-        net_params, opt_state, loss = train_chunk(net_params, opt_state, key)
+        net_params, opt_state, loss = train_chunk(net_params, opt_state, key, obs_j, act_j)
         if progress is not None:
             progress(i + 1, chunks, float(loss))
     return {**params, "net": net_params}, float(loss)
@@ -215,7 +224,8 @@ def evaluate_nominal(task: Task, policy: BasePolicy, num_envs: int, rng: jax.Arr
 
 def _bc_progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    disable=jax.process_index() != 0)
 
 
 def load_or_train_base_policy(

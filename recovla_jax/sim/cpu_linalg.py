@@ -17,13 +17,15 @@ every step is an elementwise op over the whole batch, which XLA fuses into plain
 custom call and nothing that can block. Larger or complex matrices keep jaxlib's LAPACK lowering; GPU and
 TPU lowerings are untouched. No library offers this switch, and choosing a primitive's lowering needs
 `jax._src` (no public hook exists). Set RECOVLA_CPU_LINALG=lapack to keep jaxlib's lowering (for
-comparisons). `tests/test_cpu_linalg.py` fails loudly if a JAX upgrade moves it,
-checks results against LAPACK, and checks a compiled MJX step holds no LAPACK call.
+comparisons). If a JAX upgrade moves those internals, importing still works but warns (and the LAPACK
+lowering, with its deadlock, stays); `tests/test_cpu_linalg.py` then fails. It also checks results
+against NumPy and that no task's batched MJX step holds a LAPACK call.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,52 +39,72 @@ def use_unrolled_linalg_on_cpu() -> None:
     global _APPLIED
     if _APPLIED or os.environ.get("RECOVLA_CPU_LINALG", "unrolled") == "lapack":
         return
-    from jax._src.interpreters import mlir
-    from jax._src.lax import linalg
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.lax import linalg
 
-    lapack_cholesky = linalg._cholesky_cpu_lowering
-    lapack_triangular_solve = linalg._triangular_solve_cpu_lower
+        lapack_cholesky = linalg._cholesky_cpu_lowering
+        lapack_triangular_solve = linalg._triangular_solve_cpu_lower
+        cholesky_p, triangular_solve_p = linalg.cholesky_p, linalg.triangular_solve_p
+    except (ImportError, AttributeError) as err:  # a JAX upgrade moved the internals: run, but say so
+        warnings.warn(f"recovla_jax.sim.cpu_linalg: cannot replace the LAPACK lowering on this JAX ({err}); batched "
+                      "MJX programs may deadlock on CPU", RuntimeWarning, stacklevel=2)
+        _APPLIED = True
+        return
     unrolled_cholesky = mlir.lower_fun(unrolled_cholesky_lower, multiple_results=False)
     unrolled_solve = mlir.lower_fun(unrolled_triangular_solve, multiple_results=False)
 
     def cholesky_rule(ctx, operand):
         if _is_small_real(ctx.avals_in[0]):
             return unrolled_cholesky(ctx, operand)
+        _warn_lapack(ctx.avals_in[0])
         return lapack_cholesky(ctx, operand)
 
     def triangular_solve_rule(ctx, a, b, **params):
         if _is_small_real(ctx.avals_in[0]) and _is_small_real(ctx.avals_in[1], max_size=None):
             return unrolled_solve(ctx, a, b, **params)
+        _warn_lapack(ctx.avals_in[0])
         return lapack_triangular_solve(ctx, a, b, **params)
 
-    mlir.register_lowering(linalg.cholesky_p, cholesky_rule, platform="cpu")
-    mlir.register_lowering(linalg.triangular_solve_p, triangular_solve_rule, platform="cpu")
+    mlir.register_lowering(cholesky_p, cholesky_rule, platform="cpu")
+    mlir.register_lowering(triangular_solve_p, triangular_solve_rule, platform="cpu")
     _APPLIED = True
 
 
 def _is_small_real(aval, max_size: int | None = MAX_UNROLLED_SIZE) -> bool:
-    if not jnp.issubdtype(aval.dtype, np.floating):
+    if not jnp.issubdtype(aval.dtype, np.floating) or aval.shape[-1] == 0:
         return False
     return max_size is None or aval.shape[-1] <= max_size
+
+
+def _warn_lapack(aval) -> None:
+    """A batched LAPACK call is what deadlocked; say when a program still gets one (e.g. a scene with nv > 32)."""
+    if len(aval.shape) > 2 and aval.shape[-1] > 0:
+        warnings.warn(f"recovla_jax.sim.cpu_linalg: batched {aval.str_short()} matrices use jaxlib's LAPACK kernels "
+                      f"(only real ones up to {MAX_UNROLLED_SIZE}x{MAX_UNROLLED_SIZE} are unrolled); large batched CPU "
+                      "programs may deadlock", RuntimeWarning, stacklevel=2)
 
 
 def unrolled_cholesky_lower(a: jnp.ndarray) -> jnp.ndarray:
     """Lower Cholesky factor of the symmetric (..., n, n) `a`, reading only its lower triangle.
 
-    A matrix that is not positive definite yields NaNs in the factor, as jaxlib's LAPACK lowering does.
+    Where a pivot is not positive the whole factor is NaN, as jaxlib's LAPACK lowering makes it when potrf
+    reports failure; a NaN pivot counts as failure too (LAPACK may leave the columns before it finite).
     """
     n = a.shape[-1]
     columns: list[jnp.ndarray] = []  # column j of L, shape (..., n), zero above the diagonal
+    pivots: list[jnp.ndarray] = []
     rows = jnp.arange(n)
     for j in range(n):
         col = a[..., :, j]
         for k in range(j):
             col = col - columns[k] * columns[k][..., j : j + 1]
-        diagonal = jnp.sqrt(col[..., j : j + 1])  # NaN where the leading minor is not positive
+        pivots.append(col[..., j])
+        diagonal = jnp.sqrt(col[..., j : j + 1])
         columns.append(jnp.where(rows >= j, col / diagonal, 0.0).astype(a.dtype))
     factor = jnp.stack(columns, axis=-1)
-    ok = jnp.all(jnp.isfinite(factor), axis=(-2, -1), keepdims=True)
-    return jnp.where(ok, factor, jnp.nan)
+    ok = jnp.all(jnp.stack(pivots, axis=-1) > 0, axis=-1)[..., None, None]  # False for NaN pivots too
+    return jnp.where(ok, factor, jnp.nan).astype(a.dtype)
 
 
 def unrolled_triangular_solve(

@@ -56,9 +56,9 @@ class Task(abc.ABC):
     # its unit and meaning. `progress_threshold()` is the value at which the task counts as done.
     progress_field: str = ""
     progress_description: str = ""
-    # Envs per batched MJX program (demo collection, failure bank, nominal evaluation). It was lowered for
-    # some tasks while jaxlib's LAPACK Cholesky deadlocked XLA's CPU thread pool (fixed by sim.cpu_linalg);
-    # it stays a per-task knob because the cached BC demos, and so the cache keys, depend on it.
+    # Envs per batched MJX program (demo collection, failure bank, nominal evaluation): bounds one program's
+    # memory. pick_place and peg_insert use 128, chosen while jaxlib's LAPACK Cholesky deadlocked XLA's CPU
+    # thread pool (fixed by sim.cpu_linalg); their cached BC demos were collected with it.
     max_program_envs: int = 256
     # The task's default BC recipe where it differs from `policies.bc.BCConfig` (e.g. DAgger rounds).
     bc_overrides: dict = {}
@@ -155,6 +155,17 @@ class Task(abc.ABC):
         """(failure-mode index or -1, recovery-stage index) computed from simulator state only."""
         raise NotImplementedError(f"task {self.name!r} defines no failure labels")
 
+    @property
+    def rules_module(self) -> str:
+        """The task's NumPy diagnosis rules (shared with the robot runtime): `recovla_jax.runtime.<name>_rules`."""
+        return f"recovla_jax.runtime.{self.name}_rules"
+
+    def has_rules(self) -> bool:
+        """Whether `rules_module` exists, i.e. the offline `rules` selector can diagnose this task."""
+        from importlib.util import find_spec
+
+        return find_spec(self.rules_module) is not None
+
     def rules_classify(self, obs: np.ndarray) -> tuple[str, str, str]:
         """(failure mode, recovery stage, reason) from the observable vector alone (numpy; no privileged state).
 
@@ -163,7 +174,7 @@ class Task(abc.ABC):
         """
         from importlib import import_module
 
-        module = f"recovla_jax.runtime.{self.name}_rules"
+        module = self.rules_module
         try:
             rules = import_module(module)
         except ModuleNotFoundError as err:

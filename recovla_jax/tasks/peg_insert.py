@@ -84,7 +84,7 @@ class PegInsertTask(Task):
     instruction = "insert the peg into the square hole"
     xml_file = "peg_insert.xml"
     config_cls = PegInsertConfig
-    max_program_envs = 128  # chosen while the CPU deadlock stood (tasks/base.py); BC cache keys depend on it
+    max_program_envs = 128  # see Task.max_program_envs
     family = "contact-rich"
     progress_field = "insertion_depth"
     progress_description = "depth of the peg tip below the hole's rim (0 outside the hole); success at or above the threshold"

@@ -83,7 +83,7 @@ class PickPlaceTask(Task):
     instruction = "pick up the blue block and place it on the green target square"
     xml_file = "pick_place.xml"
     config_cls = PickPlaceConfig
-    max_program_envs = 128  # chosen while the CPU deadlock stood (tasks/base.py); BC cache keys depend on it
+    max_program_envs = 128  # see Task.max_program_envs
     # Plain BC from clean demos reached only 58-67% nominal (pick_place) / 41% (stack): the clone hovers or
     # stalls in states off the expert's path. DAgger on nominal episodes lets it correct its own drift.
     bc_overrides = {"dagger_rounds": 2}

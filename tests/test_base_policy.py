@@ -82,9 +82,12 @@ def test_dagger_rounds_refit_on_the_clones_own_states(tmp_path):
     cfg = BCConfig(demo_envs=8, dagger_rounds=1, dagger_envs=8, train_steps=500, batch_size=64, eval_envs=8)
     messages = []
     policy = load_or_train_base_policy(task, cfg, cache_dir=tmp_path, log=messages.append)
-    rounds = policy.info["dagger"]
-    assert [r["round"] for r in rounds] == [1]
-    assert rounds[0]["samples"] == policy.info["demo_samples"] == 2 * 8 * 12  # expert demos + the clone's episodes
-    assert any("DAgger round 1" in m for m in messages)
+    fits = policy.info["dagger"]["fits"]
+    assert [f["fit"] for f in fits] == [0, 1]
+    assert [f["samples"] for f in fits] == [8 * 12, 2 * 8 * 12] == [8 * 12, policy.info["demo_samples"]]
+    # every fit was scored on its own rollouts and the best one (later on ties) is the one kept
+    scores = [f["own_rollout_success"] for f in fits]
+    assert policy.info["dagger"]["selected_fit"] == max(range(2), key=lambda k: (scores[k], k))
+    assert any("DAgger round 1" in m for m in messages) and any("DAgger keeps fit" in m for m in messages)
     again = load_or_train_base_policy(task, cfg, cache_dir=tmp_path, log=messages.append)
-    assert again.info["dagger"] == rounds
+    assert again.info["dagger"] == policy.info["dagger"]

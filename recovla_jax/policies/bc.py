@@ -31,7 +31,7 @@ from recovla_jax.tasks.base import ASSETS, Task
 from recovla_jax.utils.checkpoint import restore_pytree, save_pytree
 from recovla_jax.utils.jax_setup import DEFAULT_CACHE_DIR, package_versions
 
-CACHE_FORMAT = 3  # 2: demos collected in chunks of DEMO_CHUNK envs; 3: task and rules source hashed
+CACHE_FORMAT = 4  # 2: demo chunks; 3: task and rules source hashed; 4: DAgger refits from scratch, keeps the best
 
 
 class BCConfig(BaseModel):
@@ -51,9 +51,11 @@ class BCConfig(BaseModel):
     eval_envs: int = Field(256, ge=8)
     seed: int = 0
     # DAgger rounds after the first fit: the clone drives `dagger_envs` nominal episodes, the expert labels
-    # every state it visits, and the clone is refit (warm-started) on all data so far. Still nominal starts
-    # only (no injected failures), but the clone learns to correct its own compounding errors: multi-stage
-    # tasks need it (pick_place and stack clones hovered or stalled in states the expert never visits).
+    # every state it visits, and a fresh clone is fit on all data so far. Still nominal starts only (no
+    # injected failures), but the clone learns to correct its own compounding errors: multi-stage tasks
+    # need it (pick_place and stack clones hovered or stalled in states the expert never visits). Success
+    # is not monotone over rounds (stack: 39% -> 87% -> 52%), so the fit whose own rollouts succeeded most
+    # is kept; the last fit gets `dagger_envs` extra nominal episodes for that (never the evaluation seeds).
     dagger_rounds: int = Field(0, ge=0)
     dagger_envs: int = Field(512, ge=8)
 
@@ -158,20 +160,12 @@ def collect_demos(
     return np.concatenate(obs_all), np.concatenate(act_all), clean_ok / max(clean_n, 1)
 
 
-def train_bc(
-    obs: np.ndarray, actions: np.ndarray, cfg: BCConfig, rng: jax.Array, progress=None, init: dict | None = None
-) -> tuple[dict, float]:
-    """Fit the MLP by MSE on tanh-squashed outputs; returns params with the normalisation statistics.
-
-    `init` warm-starts from earlier params (DAgger rounds), keeping their normalisation statistics.
-    """
+def train_bc(obs: np.ndarray, actions: np.ndarray, cfg: BCConfig, rng: jax.Array, progress=None) -> tuple[dict, float]:
+    """Fit the MLP by MSE on tanh-squashed outputs; returns params with the normalisation statistics."""
     net = bc_network(cfg.hidden, ACTION_SIZE)
     k_init, k_data = jax.random.split(rng)
-    if init is None:
-        params = {"net": net.init(k_init, jnp.zeros(obs.shape[-1]))["params"],
-                  "obs_mean": jnp.asarray(obs.mean(0)), "obs_std": jnp.asarray(obs.std(0) + 1e-3)}
-    else:
-        params = init
+    params = {"net": net.init(k_init, jnp.zeros(obs.shape[-1]))["params"],
+              "obs_mean": jnp.asarray(obs.mean(0)), "obs_std": jnp.asarray(obs.std(0) + 1e-3)}
     apply = make_bc_apply(cfg.hidden, ACTION_SIZE)
     schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.train_steps)
     opt = optax.adam(schedule)
@@ -260,21 +254,31 @@ def load_or_train_base_policy(
                 progress(i, n, loss)
 
         params, loss = train_bc(obs, actions, cfg, k_train, progress=on_train_chunk)
-        dagger = []
+        fits, best = [{"fit": 0, "samples": int(len(obs)), "train_loss": loss}], 0
+        candidates = [params]
         for r in range(cfg.dagger_rounds):
             rollouts = bars.add_task(f"base policy: DAgger round {r + 1}/{cfg.dagger_rounds}", total=None, info="")
             learner = BasePolicy(name="learner", apply=apply, params=params, info={})
             more_obs, more_actions, learner_success = collect_demos(
                 task, cfg, jax.random.fold_in(k_demo, r + 1), learner=learner, num_episodes=cfg.dagger_envs,
                 on_chunk=lambda i, n, t=rollouts: bars.update(t, completed=i, total=n, info="learner episodes"))
+            fits[-1]["own_rollout_success"] = learner_success
             obs, actions = np.concatenate([obs, more_obs]), np.concatenate([actions, more_actions])
-            log(f"base policy: DAgger round {r + 1}: clone succeeded in {learner_success:.1%} of "
+            log(f"base policy: DAgger round {r + 1}: fit {r} succeeded in {learner_success:.1%} of "
                 f"{cfg.dagger_envs} episodes; {len(obs)} labelled samples in all")
-            fit = bars.add_task(f"base policy: refit {r + 1}/{cfg.dagger_rounds}", total=None, info="")
-            params, loss = train_bc(obs, actions, cfg, jax.random.fold_in(k_train, r + 1),
-                                    progress=on_train_chunk, init=params)
-            dagger.append({"round": r + 1, "learner_success_before_refit": learner_success,
-                           "samples": int(len(obs)), "train_loss": loss})
+            fit = bars.add_task(f"base policy: fit {r + 1}/{cfg.dagger_rounds}", total=None, info="")
+            params, loss = train_bc(obs, actions, cfg, jax.random.fold_in(k_train, r + 1), progress=on_train_chunk)
+            fits.append({"fit": r + 1, "samples": int(len(obs)), "train_loss": loss})
+            candidates.append(params)
+        if cfg.dagger_rounds:
+            last = BasePolicy(name="learner", apply=apply, params=params, info={})
+            fits[-1]["own_rollout_success"] = evaluate_nominal(
+                task, last, cfg.dagger_envs, jax.random.fold_in(k_demo, cfg.dagger_rounds + 1))["rate"]
+            best = max(range(len(fits)), key=lambda k: (fits[k]["own_rollout_success"], k))
+            params, loss = candidates[best], fits[best]["train_loss"]
+            log(f"base policy: DAgger keeps fit {best} (own rollouts: "
+                + ", ".join(f"{f['own_rollout_success']:.1%}" for f in fits) + ")")
+    dagger = {"fits": fits, "selected_fit": best} if cfg.dagger_rounds else None
     policy = BasePolicy(name=f"bc-{task.name}", apply=apply, params=params, info={})
     nominal = evaluate_nominal(task, policy, cfg.eval_envs, k_eval)
     meta = {

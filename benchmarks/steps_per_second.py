@@ -9,7 +9,7 @@ rest would flatter it 2x). Both start from the same mid-episode states (`--warmu
 after reset) and are timed as one jitted `lax.scan` of `--unroll` control steps, so Python dispatch
 is excluded from both alike. Prints one JSON object.
 
-    python -m benchmarks.steps_per_second --task=drawer [--batch-sizes=64,128,256]
+    python -m benchmarks.steps_per_second --task=drawer [--batch-sizes=64,256,1024]
 """
 
 from __future__ import annotations

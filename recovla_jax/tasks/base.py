@@ -174,14 +174,9 @@ class Task(abc.ABC):
         """
         from importlib import import_module
 
-        module = self.rules_module
-        try:
-            rules = import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            raise NotImplementedError(f"task {self.name!r} defines no offline diagnosis rules ({module})") from err
-        verdict = rules.classify(obs)  # when no rule fires the closest story is named: a failure state is given
+        if not self.has_rules():
+            raise NotImplementedError(f"task {self.name!r} defines no offline diagnosis rules ({self.rules_module})")
+        verdict = import_module(self.rules_module).classify(obs)  # when no rule fires the closest story is named: a failure state is given
         return verdict.closest_mode, verdict.stage, verdict.reason
 
     def inject(self, model: mjx.Model, data: mjx.Data, mode: jnp.ndarray, rng: jax.Array) -> mjx.Data:

@@ -148,13 +148,9 @@ class PegInsertTask(Task):
     def place(self, model: mjx.Model, data: mjx.Data, tcp: jnp.ndarray, g_rot: jnp.ndarray, peg_pos: jnp.ndarray,
               peg_rot: jnp.ndarray, finger: jnp.ndarray) -> mjx.Data:
         """Set gripper and peg poses (at rest), jaws at `finger` per side and squeezing; forward kinematics."""
-        idx = self.gripper
-        body = tcp - g_rot @ self.tcp_offset
-        qpos = data.qpos.at[jnp.array(idx.arm_qpos)].set(jnp.concatenate([body, rotations.mat_to_euler_zyx(g_rot)]))
-        qpos = qpos.at[jnp.array(idx.finger_qpos)].set(finger)
-        qpos = qpos.at[self.peg_qpos:self.peg_qpos + 7].set(jnp.concatenate([peg_pos, rotations.mat_to_quat(peg_rot)]))
-        data = data.replace(qpos=qpos, qvel=jnp.zeros_like(data.qvel), ctrl=grip.hold_ctrl(idx, qpos, 1.0))
-        return mjx.forward(model, data)
+        data = grip.teleport(self.gripper, data, self.tcp_offset, tcp, g_rot, finger, jnp.ones(()))
+        qpos = data.qpos.at[self.peg_qpos:self.peg_qpos + 7].set(jnp.concatenate([peg_pos, rotations.mat_to_quat(peg_rot)]))
+        return mjx.forward(model, data.replace(qpos=qpos, qvel=jnp.zeros_like(data.qvel)))
 
     # ----------------------------------------------------------------------------------- observation
     def privileged(self, model: mjx.Model, data: mjx.Data) -> dict[str, jnp.ndarray]:

@@ -1,4 +1,4 @@
-"""The unrolled CPU Cholesky / triangular solve: same answers as LAPACK, and no LAPACK call left in MJX programs."""
+"""The looped CPU Cholesky / triangular solve: same answers as LAPACK, and no LAPACK call left in MJX programs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import recovla_jax.sim  # noqa: F401  (applies the lowering)
-from recovla_jax.sim.cpu_linalg import MAX_UNROLLED_SIZE
+from recovla_jax.sim.cpu_linalg import MAX_LOOPED_SIZE
 
 pytestmark = pytest.mark.skipif(os.environ.get("RECOVLA_CPU_LINALG") == "lapack", reason="LAPACK lowering chosen")
 
@@ -21,7 +21,7 @@ def _spd(rng: np.random.Generator, batch: int, n: int) -> np.ndarray:
     return m @ np.swapaxes(m, -1, -2) + n * np.eye(n, dtype=np.float32)
 
 
-@pytest.mark.parametrize("n", [1, 3, 12, MAX_UNROLLED_SIZE])
+@pytest.mark.parametrize("n", [1, 3, 12, MAX_LOOPED_SIZE])
 def test_cholesky_matches_numpy(n):
     a = _spd(np.random.default_rng(n), 16, n)
     factor = jax.jit(jax.vmap(jnp.linalg.cholesky))(a)
@@ -95,7 +95,7 @@ def test_batched_mjx_step_holds_no_lapack_call(task_name):
 
 
 def test_large_matrices_keep_lapack_and_say_so():
-    n = MAX_UNROLLED_SIZE + 1
+    n = MAX_LOOPED_SIZE + 1
     with pytest.warns(RuntimeWarning, match="LAPACK"):
         hlo = jax.jit(jax.vmap(jnp.linalg.cholesky)).lower(jnp.tile(jnp.eye(n), (2, 1, 1))).as_text()
     assert "lapack" in hlo

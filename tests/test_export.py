@@ -21,7 +21,9 @@ def test_export_writes_verified_models_and_manifest(fake_run, fake_export):
     assert [p.name for p in m.recovery_policies] == ["conditioned", "missed_handle"]
     for entry in [m.base_policy, *m.recovery_policies]:
         assert entry.parity.passed and entry.parity.counts["random"] >= 1000 and entry.parity.counts["bank"] >= 1000
-        assert max(entry.parity.max_abs_error.values()) <= 1e-5
+        for key, err in entry.parity.max_abs_error.items():  # within 1e-5 x the set's largest input scale
+            assert err <= 1e-5 * entry.parity.max_input_scale[key.split("/")[0]]
+        assert entry.parity.max_input_scale["random"] < 100  # near the statistics: close to the flat 1e-5
     cond = next(p for p in m.recovery_policies if p.name == "conditioned")
     assert cond.modes == ["slipped_off", "misaligned_gripper"] and cond.checkpoint_step == 10  # latest by default
     assert cond.descriptor_features["slipped_off"][:3] == [0.0, 1.0, 0.0]
@@ -68,6 +70,29 @@ def test_corrupted_model_is_refused(fake_run, tmp_path):
     assert (out / "base_policy.onnx").exists()  # verified before the corrupted one
     assert not (out / "recovery_missed_handle.onnx").exists() and not (out / "manifest.json").exists()
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def test_parity_tolerance_grows_with_input_scale_only(tmp_path):
+    """Rounding that grows with |input| passes under the scaled rule; the same error on small inputs does not."""
+    from recovla_jax.export.exporter import normalised_magnitude
+    from recovla_jax.export.onnx_io import to_onnx_model, write_verified
+
+    model = to_onnx_model(lambda x: x * 2.0, 3, "x", ["y"], "double")
+    big = np.array([[500.0, 0.0, 0.0], [0.0, -800.0, 1.0]], np.float32)
+    rounding_like = lambda x: {"y": 2.0 * x + 3e-8 * np.abs(x).max(axis=1, keepdims=True)}  # noqa: E731  error grows with |x|
+    with pytest.raises(ParityError, match=r"allowed 1e-05: tolerance 1e-05 x input scale 1\b"):
+        write_verified(model, tmp_path / "flat.onnx", rounding_like, {"big": big}, 1e-5)
+    assert not (tmp_path / "flat.onnx").exists()
+    scale = normalised_magnitude(np.zeros(3), np.ones(3))
+    res = write_verified(model, tmp_path / "scaled.onnx", rounding_like, {"big": big}, 1e-5, scale)
+    assert res["max_input_scale"] == {"big": pytest.approx(800.0)} and (tmp_path / "scaled.onnx").exists()
+    # A constant error (a wrong graph) on ordinary inputs still fails under the scaled rule.
+    small = np.full((4, 3), 0.5, np.float32)
+    off = lambda x: {"y": 2.0 * x + 1e-3}  # noqa: E731
+    with pytest.raises(ParityError, match="differs from JAX by 0.001"):
+        write_verified(model, tmp_path / "wrong.onnx", off, {"small": small}, 1e-5, scale)
+    # The network's own clip bounds the scale.
+    assert normalised_magnitude(np.zeros(3), np.ones(3), clip=10.0)(big).tolist() == [10.0, 10.0]
 
 
 def test_manifest_rejects_wrong_sizes_and_changed_files(fake_export, tmp_path):

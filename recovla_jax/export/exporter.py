@@ -52,6 +52,17 @@ def random_observations(rng: np.random.Generator, mean: np.ndarray, std: np.ndar
     return (np.asarray(mean, np.float64) + np.asarray(std, np.float64) * scale * rng.standard_normal((n, len(mean)))).astype(np.float32)
 
 
+def normalised_magnitude(mean: np.ndarray | None, std: np.ndarray | None,
+                         clip: float | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Per row, the largest |(x - mean) / std| the network sees (clipped as the network clips); the parity
+    check's input scale. Without statistics the raw |x|."""
+    def scale(x: np.ndarray) -> np.ndarray:
+        z = np.abs(np.asarray(x, np.float64)) if mean is None else np.abs(
+            (np.asarray(x, np.float64) - np.asarray(mean, np.float64)) / np.asarray(std, np.float64))
+        return (np.minimum(z, clip) if clip is not None else z).max(axis=1)
+    return scale
+
+
 def tile_bank(obs: np.ndarray, n: int, rng: np.random.Generator, jitter: float = 0.002) -> np.ndarray:
     """At least `n` rows: the bank states, then copies jittered by `jitter` (N(0, jitter) on every float)."""
     reps = max(1, math.ceil(n / len(obs)))
@@ -141,7 +152,8 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
     model = to_onnx_model(base_fn, obs_size, "obs", ["action"], "base_policy", opset)
     if tamper:
         tamper("base_policy", model)
-    base_parity = write_verified(model, out_dir / BASE_FILE, base_ref, base_checks, tolerance)
+    base_scale = normalised_magnitude(base_params["obs_mean"], base_params["obs_std"])
+    base_parity = write_verified(model, out_dir / BASE_FILE, base_ref, base_checks, tolerance, base_scale)
     _log_parity(log, BASE_FILE, base_parity)
     base_entry = {
         "name": bp["name"], "file": BASE_FILE, "sha256": sha256_file(out_dir / BASE_FILE),
@@ -178,7 +190,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         model = to_onnx_model(fn, res_size, "residual_obs", ["residual", "action"], f"recovery_{name}", opset)
         if tamper:
             tamper(name, model)
-        par = write_verified(model, out_dir / fname, ref, checks, tolerance)
+        par = write_verified(model, out_dir / fname, ref, checks, tolerance, normalised_magnitude(mean, std, max_abs))
         _log_parity(log, fname, par)
         entries.append({
             "name": name, "file": fname, "sha256": sha256_file(out_dir / fname), "modes": list(b["modes"]),
@@ -234,5 +246,5 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
 
 def _log_parity(log: Callable[[str], None], fname: str, par: dict) -> None:
     errs = ", ".join(f"{k} {v:.2e}" for k, v in par["max_abs_error"].items())
-    counts = ", ".join(f"{k} n={v}" for k, v in par["counts"].items())
+    counts = ", ".join(f"{k} n={v} (input scale up to {par['max_input_scale'][k]:.3g})" for k, v in par["counts"].items())
     log(f"  [green]parity ok[/] {fname}: max |ONNX - JAX| {errs} ({counts})")

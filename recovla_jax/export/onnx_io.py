@@ -4,6 +4,13 @@
 onnxruntime on every observation set, compares each output with the JAX reference, and only then
 renames it into place (atomic on one filesystem). A model that fails is deleted and `ParityError`
 names the set, output, error and worst observation; nothing is left at the destination.
+
+The tolerance is absolute for inputs of ordinary size and grows with the input's magnitude beyond that
+(`input_scale`): XLA and onnxruntime sum a float32 layer in different orders, and that rounding grows with
+the size of the normalised input. Failure states sit far outside the base policy's nominal statistics
+(a block lying on its side is hundreds of nominal standard deviations away in its rotation features), and
+there a correct graph differed by 1.6e-5, over a flat 1e-5, on rounding alone. A wrong graph still fails:
+its error does not shrink with the input scale (tests/test_export.py tampers with a weight).
 """
 
 from __future__ import annotations
@@ -44,45 +51,52 @@ def run_onnx(path_or_bytes: Path | bytes, x: np.ndarray) -> dict[str, np.ndarray
     return {o.name: v for o, v in zip(sess.get_outputs(), outs)}
 
 
-def parity(onnx_out: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
-    """Output name -> (max abs error, index of the worst row); NaN anywhere counts as infinite error."""
+def row_errors(onnx_out: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Output name -> max |ONNX - JAX| of each row; NaN anywhere counts as infinite error."""
     res = {}
     for name, ref in reference.items():
         if name not in onnx_out:
             raise ParityError(f"ONNX model has no output {name!r} (outputs: {sorted(onnx_out)})")
         diff = np.abs(np.asarray(onnx_out[name], np.float64) - np.asarray(ref, np.float64))
         diff = np.where(np.isnan(diff), np.inf, diff)
-        per_row = diff.reshape(len(diff), -1).max(axis=1)
-        worst = int(np.argmax(per_row))
-        res[name] = (float(per_row[worst]), worst)
+        res[name] = diff.reshape(len(diff), -1).max(axis=1)
     return res
 
 
 def write_verified(model: onnx.ModelProto, dest: Path, reference: Callable[[np.ndarray], dict[str, np.ndarray]],
-                   checks: dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE) -> dict:
+                   checks: dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE,
+                   input_scale: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
     """Write `model` to `dest` only if it matches `reference` on every observation set in `checks`.
 
-    Returns {"max_abs_error": {"<set>/<output>": err}, "counts": {set: n}}; raises ParityError otherwise.
+    Row i of a set may differ by at most `tolerance * input_scale(x)[i]` (scales below 1 count as 1; no
+    `input_scale`: a flat `tolerance`). Returns {"max_abs_error": {"<set>/<output>": err}, "max_input_scale":
+    {set: largest scale}, "counts": {set: n}}; raises ParityError otherwise.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.write_bytes(model.SerializeToString())
     errors: dict[str, float] = {}
+    scales: dict[str, float] = {}
     try:
         for set_name, x in checks.items():
             got = run_onnx(tmp, x)
             want = {k: np.asarray(v) for k, v in reference(x).items()}
-            for out_name, (err, worst) in parity(got, want).items():
-                errors[f"{set_name}/{out_name}"] = err
-                if not err <= tolerance:
+            scale = np.ones(len(x)) if input_scale is None else np.maximum(1.0, np.asarray(input_scale(x), np.float64))
+            scales[set_name] = float(scale.max()) if len(x) else 1.0
+            for out_name, err in row_errors(got, want).items():
+                errors[f"{set_name}/{out_name}"] = float(err.max()) if len(err) else 0.0
+                over = err / (tolerance * scale)
+                if len(err) and not over.max() <= 1.0:
+                    worst = int(np.argmax(over))
                     raise ParityError(
-                        f"refusing to write {dest.name}: output {out_name!r} differs from JAX by {err:.3g} "
-                        f"(tolerance {tolerance:g}) on {set_name} observation #{worst} of {len(x)}; "
+                        f"refusing to write {dest.name}: output {out_name!r} differs from JAX by {err[worst]:.3g} "
+                        f"(allowed {tolerance * scale[worst]:.3g}: tolerance {tolerance:g} x input scale {scale[worst]:.3g}) "
+                        f"on {set_name} observation #{worst} of {len(x)}; "
                         f"ONNX {np.asarray(got[out_name])[worst].round(6).tolist()} vs JAX {np.asarray(want[out_name])[worst].round(6).tolist()}"
                     )
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"max_abs_error": errors, "counts": {k: int(len(v)) for k, v in checks.items()}}
+    return {"max_abs_error": errors, "max_input_scale": scales, "counts": {k: int(len(v)) for k, v in checks.items()}}

@@ -96,10 +96,12 @@ class TensorSpec(_Strict):
 
 
 class ParityResult(_Strict):
-    """Max |ONNX - JAX| over each observation set, per output; the export refuses anything above `tolerance`."""
+    """Max |ONNX - JAX| over each observation set, per output; the export refuses a row that differs by more
+    than `tolerance` x that row's input scale (max(1, largest |normalised input|); see export/onnx_io.py)."""
 
     tolerance: float
     max_abs_error: dict[str, float]  # "<set>/<output>" -> error
+    max_input_scale: dict[str, float] = {}  # set -> largest input scale (1 = the flat tolerance applied everywhere)
     counts: dict[str, int]  # set -> number of observations checked
     passed: bool
 

@@ -12,13 +12,20 @@ flag cured it.
 
 JAX's portable lowering (`stablehlo.cholesky`, which XLA's CPU compiler expands into a while loop) avoids
 LAPACK but measured 7x slower than LAPACK on 4096 12x12 systems here. So for real matrices up to
-`MAX_UNROLLED_SIZE` this module lowers both primitives to a column-by-column loop unrolled at trace time:
-every step is an elementwise op over the whole batch, which XLA fuses into plain vectorized loops with no
-custom call and nothing that can block. Larger or complex matrices keep jaxlib's LAPACK lowering; GPU and
-TPU lowerings are untouched. No library offers this switch, and choosing a primitive's lowering needs
-`jax._src` (no public hook exists). Set RECOVLA_CPU_LINALG=lapack to keep jaxlib's lowering (for
-comparisons). If a JAX upgrade moves those internals, importing still works but warns (and the LAPACK
-lowering, with its deadlock, stays); `tests/test_cpu_linalg.py` then fails. It also checks results
+`MAX_LOOPED_SIZE` this module lowers both primitives to a `fori_loop` over columns (rows for the solve)
+whose body is one batched matrix-vector product plus elementwise ops: no custom call, nothing that can
+block. Measured on 2 cores (`jit(vmap(10 x mjx.step))`, compile / steps per second):
+
+| scene (nv), envs      | unrolled at trace time | loop, elementwise body | loop, matvec body (this) |
+|-----------------------|------------------------|------------------------|--------------------------|
+| pick_place (16), 256  | 47 s / 14.8k           | 28 s / 7.7k            | 30 s / 17.6k             |
+| drawer (13), 1024     | 43 s / 38.9k           | 31 s / 18.9k           | 26 s / 39.4k             |
+| stack (26), 256       | 70 s / 1.8k            | 32-53 s / 2.3k         | 29 s / 4.3k              |
+
+Larger or complex matrices keep jaxlib's LAPACK lowering; GPU and TPU lowerings are untouched. No
+library offers this switch, and choosing a primitive's lowering needs `jax._src` (no public hook exists).
+Set RECOVLA_CPU_LINALG=lapack to keep jaxlib's lowering (for comparisons). If a JAX upgrade moves those
+internals, importing still works but warns (and the LAPACK lowering, with its deadlock, stays); `tests/test_cpu_linalg.py` then fails. It also checks results
 against NumPy and that no task's batched MJX step holds a LAPACK call.
 """
 
@@ -28,16 +35,17 @@ import os
 import warnings
 
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
-MAX_UNROLLED_SIZE = 32
+MAX_LOOPED_SIZE = 32
 _APPLIED = False
 
 
-def use_unrolled_linalg_on_cpu() -> None:
-    """Idempotently route small real `cholesky` / `triangular_solve` on CPU to the unrolled lowerings."""
+def use_looped_linalg_on_cpu() -> None:
+    """Idempotently route small real `cholesky` / `triangular_solve` on CPU to the looped lowerings."""
     global _APPLIED
-    if _APPLIED or os.environ.get("RECOVLA_CPU_LINALG", "unrolled") == "lapack":
+    if _APPLIED or os.environ.get("RECOVLA_CPU_LINALG", "looped") == "lapack":
         return
     try:
         from jax._src.interpreters import mlir
@@ -51,18 +59,18 @@ def use_unrolled_linalg_on_cpu() -> None:
                       "MJX programs may deadlock on CPU", RuntimeWarning, stacklevel=2)
         _APPLIED = True
         return
-    unrolled_cholesky = mlir.lower_fun(unrolled_cholesky_lower, multiple_results=False)
-    unrolled_solve = mlir.lower_fun(unrolled_triangular_solve, multiple_results=False)
+    looped_cholesky_rule = mlir.lower_fun(looped_cholesky, multiple_results=False)
+    looped_solve_rule = mlir.lower_fun(looped_triangular_solve, multiple_results=False)
 
     def cholesky_rule(ctx, operand):
         if _is_small_real(ctx.avals_in[0]):
-            return unrolled_cholesky(ctx, operand)
+            return looped_cholesky_rule(ctx, operand)
         _warn_lapack(ctx.avals_in[0])
         return lapack_cholesky(ctx, operand)
 
     def triangular_solve_rule(ctx, a, b, **params):
         if _is_small_real(ctx.avals_in[0]) and _is_small_real(ctx.avals_in[1], max_size=None):
-            return unrolled_solve(ctx, a, b, **params)
+            return looped_solve_rule(ctx, a, b, **params)
         _warn_lapack(ctx.avals_in[0])
         return lapack_triangular_solve(ctx, a, b, **params)
 
@@ -71,7 +79,7 @@ def use_unrolled_linalg_on_cpu() -> None:
     _APPLIED = True
 
 
-def _is_small_real(aval, max_size: int | None = MAX_UNROLLED_SIZE) -> bool:
+def _is_small_real(aval, max_size: int | None = MAX_LOOPED_SIZE) -> bool:
     if not jnp.issubdtype(aval.dtype, np.floating) or aval.shape[-1] == 0:
         return False
     return max_size is None or aval.shape[-1] <= max_size
@@ -81,33 +89,36 @@ def _warn_lapack(aval) -> None:
     """A batched LAPACK call is what deadlocked; say when a program still gets one (e.g. a scene with nv > 32)."""
     if len(aval.shape) > 2 and aval.shape[-1] > 0:
         warnings.warn(f"recovla_jax.sim.cpu_linalg: batched {aval.str_short()} matrices use jaxlib's LAPACK kernels "
-                      f"(only real ones up to {MAX_UNROLLED_SIZE}x{MAX_UNROLLED_SIZE} are unrolled); large batched CPU "
+                      f"(only real ones up to {MAX_LOOPED_SIZE}x{MAX_LOOPED_SIZE} are looped); large batched CPU "
                       "programs may deadlock", RuntimeWarning, stacklevel=2)
 
 
-def unrolled_cholesky_lower(a: jnp.ndarray) -> jnp.ndarray:
+def looped_cholesky(a: jnp.ndarray) -> jnp.ndarray:
     """Lower Cholesky factor of the symmetric (..., n, n) `a`, reading only its lower triangle.
 
-    Where a pivot is not positive the whole factor is NaN, as jaxlib's LAPACK lowering makes it when potrf
-    reports failure; a NaN pivot counts as failure too (LAPACK may leave the columns before it finite).
+    One `fori_loop` step per column j: L[:, j] = (a[:, j] - L[:, :j] L[j, :j]) / sqrt(pivot); columns not yet
+    computed are zero, so the full row product is the partial one. Where a pivot is not positive the whole
+    factor is NaN, as jaxlib's LAPACK lowering makes it when potrf reports failure; a NaN pivot counts as
+    failure too (LAPACK may leave the columns before it finite).
     """
-    n = a.shape[-1]
-    columns: list[jnp.ndarray] = []  # column j of L, shape (..., n), zero above the diagonal
-    pivots: list[jnp.ndarray] = []
+    n, col_axis = a.shape[-1], a.ndim - 1
     rows = jnp.arange(n)
-    for j in range(n):
-        col = a[..., :, j]
-        for k in range(j):
-            col = col - columns[k] * columns[k][..., j : j + 1]
-        pivots.append(col[..., j])
-        diagonal = jnp.sqrt(col[..., j : j + 1])
-        columns.append(jnp.where(rows >= j, col / diagonal, 0.0).astype(a.dtype))
-    factor = jnp.stack(columns, axis=-1)
-    ok = jnp.all(jnp.stack(pivots, axis=-1) > 0, axis=-1)[..., None, None]  # False for NaN pivots too
-    return jnp.where(ok, factor, jnp.nan).astype(a.dtype)
+
+    def add_column(j, carry):
+        factor, ok = carry
+        column = lax.dynamic_index_in_dim(a, j, axis=col_axis, keepdims=False)
+        row_j = lax.dynamic_index_in_dim(factor, j, axis=col_axis - 1, keepdims=False)
+        column = column - jnp.einsum("...ik,...k->...i", factor, row_j)
+        pivot = lax.dynamic_index_in_dim(column, j, axis=col_axis - 1, keepdims=True)
+        column = jnp.where(rows >= j, column / jnp.sqrt(pivot), 0.0).astype(a.dtype)
+        factor = lax.dynamic_update_index_in_dim(factor, column[..., None], j, axis=col_axis)
+        return factor, ok & (pivot[..., 0] > 0)  # False for NaN pivots too
+
+    factor, ok = lax.fori_loop(0, n, add_column, (jnp.zeros_like(a), jnp.ones(a.shape[:-2], bool)))
+    return jnp.where(ok[..., None, None], factor, jnp.nan).astype(a.dtype)
 
 
-def unrolled_triangular_solve(
+def looped_triangular_solve(
     a: jnp.ndarray,
     b: jnp.ndarray,
     *,
@@ -117,22 +128,27 @@ def unrolled_triangular_solve(
     conjugate_a: bool,
     unit_diagonal: bool,
 ) -> jnp.ndarray:
-    """Solve op(a) x = b (left side) or x op(a) = b by substitution; same contract as `lax.linalg.triangular_solve`."""
+    """Solve op(a) x = b (left side) or x op(a) = b by substitution; same contract as `lax.linalg.triangular_solve`.
+
+    One `fori_loop` step per row of x; rows not yet solved are zero, so the full row product is the partial one.
+    """
     del conjugate_a  # real matrices only (see _is_small_real)
     tri = _triangle(a, lower)
     if transpose_a:
         tri, lower = jnp.swapaxes(tri, -1, -2), not lower
     if not left_side:  # x A = b  <=>  A^T x^T = b^T
         tri, lower, b = jnp.swapaxes(tri, -1, -2), not lower, jnp.swapaxes(b, -1, -2)
-    n = tri.shape[-1]
-    order = range(n) if lower else range(n - 1, -1, -1)
-    solved: dict[int, jnp.ndarray] = {}
-    for i in order:
-        row = b[..., i, :]
-        for k, x_k in solved.items():
-            row = row - tri[..., i, k : k + 1] * x_k
-        solved[i] = row if unit_diagonal else row / tri[..., i, i : i + 1]
-    x = jnp.stack([solved[i] for i in range(n)], axis=-2)
+    n, row_axis = tri.shape[-1], tri.ndim - 2
+
+    def solve_row(step, x):
+        i = step if lower else n - 1 - step
+        tri_row = lax.dynamic_index_in_dim(tri, i, axis=row_axis, keepdims=False)
+        row = lax.dynamic_index_in_dim(b, i, axis=row_axis, keepdims=False) - jnp.einsum("...k,...km->...m", tri_row, x)
+        if not unit_diagonal:
+            row = row / lax.dynamic_index_in_dim(tri_row, i, axis=row_axis, keepdims=True)
+        return lax.dynamic_update_index_in_dim(x, row[..., None, :], i, axis=row_axis)
+
+    x = lax.fori_loop(0, n, solve_row, jnp.zeros_like(b))
     return jnp.swapaxes(x, -1, -2) if not left_side else x
 
 

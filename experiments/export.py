@@ -8,7 +8,8 @@ recovery_<policy>.onnx (residual_obs[batch, 43] -> residual = alpha*tanh(actor(n
 action = clip(base action + residual)), and manifest.json (task, failure modes, descriptors, observation
 layouts with units, action bounds, residual scale, control rate, opset, versions, sha256 of each file,
 parity results). Each model is checked in onnxruntime against JAX on >= 1000 random and >= 1000
-failure-bank observations and is NOT written if any output differs by more than --tolerance.
+failure-bank observations and is NOT written if any output differs by more than --tolerance times the
+row's input scale (its largest |normalised input|, clipped to [1, 10]: float32 rounding grows with it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default RUN/export)")
     p.add_argument("--random-obs", type=int, default=1000, help="random observations in the parity check (>= 1000)")
     p.add_argument("--bank-obs", type=int, default=1000, help="failure-bank observations in the parity check (>= 1000)")
-    p.add_argument("--tolerance", type=float, default=1e-5, help="max |ONNX - JAX| allowed on any output")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="max |ONNX - JAX| allowed on any output, times the row's input scale in [1, 10]")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 runs on onnxruntime >= 1.13)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity observations")
     return p

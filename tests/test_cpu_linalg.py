@@ -68,6 +68,36 @@ def test_triangular_solve_matches_dense_solve(left_side, lower, transpose_a, uni
     np.testing.assert_allclose(lhs, b, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("batch,n", [((), 1), ((), 5), ((2, 3), 4), ((3,), MAX_LOOPED_SIZE)])
+def test_triangular_solve_any_batch_shape(batch, n):
+    rng = np.random.default_rng(n)
+    a = (rng.normal(size=(*batch, n, n)) + n * np.eye(n)).astype(np.float32)
+    b = rng.normal(size=(*batch, n, 2)).astype(np.float32)
+    x = jax.jit(lambda a, b: jax.lax.linalg.triangular_solve(a, b, left_side=True, lower=True))(a, b)
+    np.testing.assert_allclose(np.tril(a) @ np.asarray(x), b, rtol=1e-3, atol=1e-3)
+
+
+def test_unread_entries_never_leak():
+    """Only the named triangle is read, and with unit_diagonal not even its diagonal (as in LAPACK)."""
+    a = np.array([[2.0, np.nan, np.nan], [1.0, 3.0, np.inf], [0.5, -1.0, 4.0]], np.float32)
+    factor = np.asarray(jax.jit(lambda m: jax.lax.linalg.cholesky(m, symmetrize_input=False))(a))
+    sym = np.tril(a) + np.tril(a, -1).T
+    np.testing.assert_allclose(np.tril(factor), np.linalg.cholesky(sym), rtol=1e-5)
+    b = np.array([[1.0], [2.0], [3.0]], np.float32)
+    nan_diagonal = np.where(np.eye(3, dtype=bool), np.nan, a).astype(np.float32)
+    x = np.asarray(jax.lax.linalg.triangular_solve(nan_diagonal, b, left_side=True, lower=True, unit_diagonal=True))
+    unit = np.tril(a, -1) + np.eye(3, dtype=np.float32)
+    np.testing.assert_allclose(unit @ x, b, rtol=1e-5)
+    inf_diagonal = np.array([[np.inf, 0.0], [1.0, 2.0]], np.float32)  # x0 = 1 / inf = 0, not inf * 0
+    x = np.asarray(jax.lax.linalg.triangular_solve(inf_diagonal, np.ones((2, 1), np.float32), left_side=True, lower=True))
+    np.testing.assert_allclose(x[:, 0], [0.0, 0.5])
+
+
+def test_first_pivot_failure_makes_whole_factor_nan():
+    a = np.array([[-1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
+    assert np.isnan(np.asarray(jax.jit(jnp.linalg.cholesky)(a))[np.tril_indices(3)]).all()
+
+
 def test_cho_solve_gradient_matches_finite_difference():
     a = jnp.asarray(_spd(np.random.default_rng(1), 1, 4)[0], jnp.float32)
 

@@ -97,7 +97,8 @@ class TensorSpec(_Strict):
 
 class ParityResult(_Strict):
     """Max |ONNX - JAX| over each observation set, per output; the export refuses a row that differs by more
-    than `tolerance` x that row's input scale (max(1, largest |normalised input|); see export/onnx_io.py)."""
+    than `tolerance` x that row's input scale: its largest |normalised input| as the network sees it (clipped
+    where the network clips; raw |x| without statistics), clipped to [1, 10] (export/onnx_io.py)."""
 
     tolerance: float
     max_abs_error: dict[str, float]  # "<set>/<output>" -> error

@@ -13,8 +13,8 @@ flag cured it.
 JAX's portable lowering (`stablehlo.cholesky`, which XLA's CPU compiler expands into a while loop) avoids
 LAPACK but measured 7x slower than LAPACK on 4096 12x12 systems here. So for real matrices up to
 `MAX_LOOPED_SIZE` this module lowers both primitives to a `fori_loop` over columns (rows for the solve)
-whose body is one batched matrix-vector product plus elementwise ops: no custom call, nothing that can
-block. Measured on 2 cores (`jit(vmap(10 x mjx.step))`, compile / steps per second):
+whose body is one batched matrix-vector product plus elementwise ops: no LAPACK custom call (XLA emits
+these tiny matvecs itself; the 1024-env drawer benchmark, which hung every time under LAPACK, ran through). Measured on 2 cores (`jit(vmap(10 x mjx.step))`, compile / steps per second):
 
 | scene (nv), envs      | unrolled at trace time | loop, elementwise body | loop, matvec body (this) |
 |-----------------------|------------------------|------------------------|--------------------------|
@@ -25,8 +25,9 @@ block. Measured on 2 cores (`jit(vmap(10 x mjx.step))`, compile / steps per seco
 Larger or complex matrices keep jaxlib's LAPACK lowering; GPU and TPU lowerings are untouched. No
 library offers this switch, and choosing a primitive's lowering needs `jax._src` (no public hook exists).
 Set RECOVLA_CPU_LINALG=lapack to keep jaxlib's lowering (for comparisons). If a JAX upgrade moves those
-internals, importing still works but warns (and the LAPACK lowering, with its deadlock, stays); `tests/test_cpu_linalg.py` then fails. It also checks results
-against NumPy and that no task's batched MJX step holds a LAPACK call.
+internals, importing still works but warns (and the LAPACK lowering, with its deadlock, stays);
+`tests/test_cpu_linalg.py` then fails. It also checks results against NumPy and that no task's batched
+MJX step holds a LAPACK call.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import os
 import warnings
 
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 MAX_LOOPED_SIZE = 32
 _APPLIED = False
@@ -139,13 +140,17 @@ def looped_triangular_solve(
     if not left_side:  # x A = b  <=>  A^T x^T = b^T
         tri, lower, b = jnp.swapaxes(tri, -1, -2), not lower, jnp.swapaxes(b, -1, -2)
     n, row_axis = tri.shape[-1], tri.ndim - 2
+    # The diagonal stays out of the product: with unit_diagonal it must not be read at all (a NaN there
+    # must not leak, as in LAPACK), and an infinite one must give x = b / inf = 0, not inf * 0.
+    off_diagonal = jnp.tril(tri, -1) if lower else jnp.triu(tri, 1)
+    diagonal = jnp.diagonal(tri, axis1=-2, axis2=-1)
 
     def solve_row(step, x):
         i = step if lower else n - 1 - step
-        tri_row = lax.dynamic_index_in_dim(tri, i, axis=row_axis, keepdims=False)
+        tri_row = lax.dynamic_index_in_dim(off_diagonal, i, axis=row_axis, keepdims=False)
         row = lax.dynamic_index_in_dim(b, i, axis=row_axis, keepdims=False) - jnp.einsum("...k,...km->...m", tri_row, x)
         if not unit_diagonal:
-            row = row / lax.dynamic_index_in_dim(tri_row, i, axis=row_axis, keepdims=True)
+            row = row / lax.dynamic_index_in_dim(diagonal, i, axis=row_axis, keepdims=True)
         return lax.dynamic_update_index_in_dim(x, row[..., None, :], i, axis=row_axis)
 
     x = lax.fori_loop(0, n, solve_row, jnp.zeros_like(b))

@@ -56,6 +56,18 @@ def test_native_nominal_starts_are_the_task_reset(native):
     assert np.std(np.array(starts)[:, :3], axis=0).max() > 1e-3  # seeded draws differ
 
 
+def test_runtime_rules_selector_keeps_the_base_on_nominal_starts(native):
+    """At runtime the rules answer None when no rule fires (the offline hook always names a mode)."""
+    from recovla_jax.evaluation.sim2sim import rules_selector
+
+    task, robot = native
+    selector = rules_selector(task)
+    for seed in range(4):
+        obs = robot.reset(seed=seed)
+        assert robot.privileged_mode() is None and selector.select(obs) is None
+    assert task.rules_classify(obs.state)[0] in task.failure_modes
+
+
 def test_drawer_numpy_twin_equals_jax_sensors():
     """The drawer's JAX-free twin and the generic JAX view agree on the same native states."""
     from recovla_jax.runtime.robots.mujoco_drawer import NativeDrawerRobot

@@ -88,8 +88,19 @@ def make_native_robot(manifest: ExportManifest, scene: Path | None, dynamics: Na
     task = get_task(manifest.task, manifest.task_config)
     model = mujoco.MjModel.from_xml_path(str(scene)) if scene is not None else task.mj_model
     robot = NativeRobot(model, JaxNativeTask(task, model), dynamics, seed=seed, ctrl_dt=manifest.control.ctrl_dt)
-    # The task's NumPy rules name the closest failure mode; the monitor only asks once progress has stalled.
-    return robot, FunctionSelector("rules", lambda obs: task.rules_classify(obs.state)[0])
+    return robot, rules_selector(task)
+
+
+def rules_selector(task) -> FunctionSelector:
+    """The runtime's observation-only selector: the rule that fires, or None ("no failure, keep the base").
+
+    Not `Task.rules_classify`: that offline hook always names the closest story (it is handed failure
+    states), and at runtime it sent every stalled nominal pick_place episode into recovery (62% -> 0%).
+    """
+    from importlib import import_module
+
+    rules = import_module(task.rules_module)
+    return FunctionSelector("rules", lambda obs: rules.classify(obs.state).mode)
 
 
 def run_episode(robot: NativeRobot, runtime: RecoveryRuntime, start: dict | None, seed: int, max_steps: int,

@@ -23,7 +23,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from recovla_jax.runtime.robots.native import NativeDynamics, NativeRobot
 from recovla_jax.runtime.runtime import RecoveryRuntime
 from recovla_jax.runtime.safety import SafetyConfig
 from recovla_jax.runtime.selectors import DrawerRulesSelector, FunctionSelector, OracleSelector, Selector
+
+if TYPE_CHECKING:  # the task package imports JAX; the annotation needs none of it
+    from recovla_jax.tasks.base import Task
 
 FAILURE_ARMS = ("base", "policy", "runtime_oracle", "runtime_rules")
 NOMINAL_ARMS = ("base", "runtime_oracle", "runtime_rules")
@@ -91,7 +94,7 @@ def make_native_robot(manifest: ExportManifest, scene: Path | None, dynamics: Na
     return robot, rules_selector(task)
 
 
-def rules_selector(task) -> FunctionSelector:
+def rules_selector(task: Task) -> FunctionSelector:
     """The runtime's observation-only selector: the rule that fires, or None ("no failure, keep the base").
 
     Not `Task.rules_classify`: that offline hook always names the closest story (it is handed failure

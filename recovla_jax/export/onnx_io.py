@@ -71,8 +71,8 @@ def write_verified(model: onnx.ModelProto, dest: Path, reference: Callable[[np.n
     """Write `model` to `dest` only if it matches `reference` on every observation set in `checks`.
 
     Row i of a set may differ by at most `tolerance * input_scale(x)[i]`, the scale clipped to
-    [1, MAX_INPUT_SCALE] (no `input_scale`: a flat `tolerance`). Returns {"max_abs_error": {"<set>/<output>": err}, "max_input_scale":
-    {set: largest scale}, "counts": {set: n}}; raises ParityError otherwise.
+    [1, MAX_INPUT_SCALE] (no `input_scale`: a flat `tolerance`). Returns {"max_abs_error": {"<set>/<output>":
+    err}, "max_input_scale": {set: largest scale}, "counts": {set: n}}; raises ParityError otherwise.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -86,15 +86,15 @@ def write_verified(model: onnx.ModelProto, dest: Path, reference: Callable[[np.n
             want = {k: np.asarray(v) for k, v in reference(x).items()}
             scale = _row_scales(input_scale, x)
             scales[set_name] = float(scale.max(initial=1.0))
+            allowed = tolerance * scale
             for out_name, err in row_errors(got, want).items():
                 errors[f"{set_name}/{out_name}"] = float(err.max(initial=0.0))
-                allowed = tolerance * scale
                 bad = ~(err <= allowed)  # NaN / inf errors are bad too
                 if bad.any():
                     worst = int(np.argmax(np.where(bad, err - allowed, -np.inf)))
                     raise ParityError(
                         f"refusing to write {dest.name}: output {out_name!r} differs from JAX by {err[worst]:.3g} "
-                        f"(allowed {tolerance * scale[worst]:.3g}: tolerance {tolerance:g} x input scale {scale[worst]:.3g}) "
+                        f"(allowed {allowed[worst]:.3g}: tolerance {tolerance:g} x input scale {scale[worst]:.3g}) "
                         f"on {set_name} observation #{worst} of {len(x)}; "
                         f"ONNX {np.asarray(got[out_name])[worst].round(6).tolist()} vs JAX {np.asarray(want[out_name])[worst].round(6).tolist()}"
                     )

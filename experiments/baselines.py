@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=["per-mode", "conditioned"], default=None,
                    help="one policy per failure mode or one for all (default: the run's layout)")
     p.add_argument("--init-log-std", type=float, default=None,
-                   help="initial log-std of PPO's Gaussian (default PPOConfig's, as the main job)")
+                   help="initial log-std of PPO's Gaussian (default: the run's --init-log-std)")
     p.add_argument("--nominal-episodes", type=int, default=100,
                    help="nominal starts per failure mode's policy (and for the base alone on the same starts); 0 skips")
     p.add_argument("--out", default=None, help="output directory (default RUN/baselines/<method>)")
@@ -292,8 +292,10 @@ def run_baseline(args: argparse.Namespace) -> dict:
                   total_timesteps=budget["timesteps_per_policy"], seed=int(config["seed"]),
                   checkpoint_every=int(config["checkpoint_every"]), learning_rate=float(config["learning_rate"]),
                   entropy_coef=float(config["entropy_coef"]), gamma=float(config["gamma"]))
-    if args.init_log_std is not None:
-        ppo_kw["init_log_std"] = args.init_log_std
+    # The run's exploration noise unless overridden (runs from before --init-log-std used PPOConfig's default).
+    init_log_std = args.init_log_std if args.init_log_std is not None else config.get("init_log_std")
+    if init_log_std is not None:
+        ppo_kw["init_log_std"] = float(init_log_std)
     ppo_cfg = PPOConfig(**ppo_kw)
     mesh = make_mesh() if jax.device_count() > 1 else None
     randomization = None if config.get("no_randomization") else DomainRandomization()

@@ -104,7 +104,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     randomization = None if args.no_randomization else DomainRandomization()
     ppo_cfg = PPOConfig(num_envs=d["num_envs"], unroll_length=args.unroll_length, total_timesteps=d["timesteps"],
                         seed=args.seed, checkpoint_every=args.checkpoint_every, learning_rate=args.learning_rate,
-                        entropy_coef=args.entropy_coef, gamma=args.gamma)
+                        entropy_coef=args.entropy_coef, gamma=args.gamma, init_log_std=args.init_log_std)
     mesh = make_mesh() if jax.device_count() > 1 else None
     groups = {m: [m] for m in usable} if args.policy == "per-mode" else {"conditioned": usable}
     metrics_path = run_dir / "metrics.jsonl"

@@ -26,8 +26,11 @@ from recovla_jax.evaluation.rollout import rollout_success
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.policies.base_policy import BasePolicy, bc_network, make_bc_apply
 from recovla_jax.sim.env import TaskEnv
+from recovla_jax.sim.randomization import DomainRandomization, batched_models
+from recovla_jax.sim.wrappers import RandomizedVmapWrapper
 from recovla_jax.sim.gripper import ACTION_SIZE
 from recovla_jax.tasks.base import ASSETS, Task
+from recovla_jax.training.residual_env import hold_action
 from recovla_jax.utils.checkpoint import restore_pytree, save_pytree
 from recovla_jax.utils.jax_setup import DEFAULT_CACHE_DIR, package_versions
 
@@ -58,6 +61,15 @@ class BCConfig(BaseModel):
     # is kept; the last fit gets `dagger_envs` extra nominal episodes for that (never the evaluation seeds).
     dagger_rounds: int = Field(0, ge=0)
     dagger_envs: int = Field(512, ge=8)
+    # Deployment conditions of the DAgger rounds (the robot the base is fine-tuned on, like a VLA fine-tuned
+    # on its own robot's data): in `dagger_latency_prob` of the learner's episodes its command takes effect
+    # one control step late, it reads observations with N(0, dagger_obs_noise) noise (recorded as read; the
+    # expert labels from the true state), and with `dagger_randomization` each episode runs on its own
+    # domain-randomized model. The evaluation's robots have all three; a pick_place clone that never drove
+    # with them reached 99% clean but 53% with latency in every episode, 81% under randomized dynamics.
+    dagger_latency_prob: float = Field(0.0, ge=0.0, le=1.0)
+    dagger_obs_noise: float = Field(0.0, ge=0.0)
+    dagger_randomization: bool = False  # each learner episode on its own domain-randomized model
 
 
 def cache_key(task: Task, cfg: BCConfig) -> str:
@@ -75,10 +87,24 @@ def cache_key(task: Task, cfg: BCConfig) -> str:
         "task_config": task.config.model_dump(mode="json"),
         "scene": (ASSETS / task.xml_file).read_text(),
         "task_source": _module_sources(type(task).__module__, task.rules_module, *DEMO_SOURCE_MODULES),
-        "bc": cfg.model_dump(mode="json"),
+        "bc": _keyed_config(cfg),
         "demo_chunk": min(DEMO_CHUNK, task.max_program_envs),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The DAgger deployment conditions (added after CACHE_FORMAT 4) and their "off" values: they enter the cache
+# key only when set, so clones cached before the fields existed stay valid.
+_DAGGER_CONDITIONS_OFF = {"dagger_latency_prob": 0.0, "dagger_obs_noise": 0.0, "dagger_randomization": False}
+
+
+def _keyed_config(cfg: BCConfig) -> dict:
+    dump = cfg.model_dump(mode="json")
+    return {k: v for k, v in dump.items() if k not in _DAGGER_CONDITIONS_OFF or v != _DAGGER_CONDITIONS_OFF[k]}
+
+
+def _dagger_conditions_on(cfg: BCConfig) -> bool:
+    return any(getattr(cfg, k) != off for k, off in _DAGGER_CONDITIONS_OFF.items())
 
 
 DEMO_SOURCE_MODULES = ("recovla_jax.sim.env", "recovla_jax.sim.gripper", "recovla_jax.runtime.gripper",
@@ -119,6 +145,10 @@ def collect_demos(
     bounds the memory of one program.
     """
     env = TaskEnv(task)
+    if learner is None:
+        latency_prob, obs_noise, randomize = 0.0, 0.0, False
+    else:
+        latency_prob, obs_noise, randomize = cfg.dagger_latency_prob, cfg.dagger_obs_noise, cfg.dagger_randomization
     episodes = num_episodes or cfg.demo_envs
     n = min(episodes, DEMO_CHUNK, task.max_program_envs)
     num_chunks = -(-episodes // n)
@@ -128,20 +158,30 @@ def collect_demos(
 
     @jax.jit
     def run(k_reset, k_roll, noisy, params):
-        state = jax.vmap(env.reset)(jax.random.split(k_reset, n))
+        if randomize:
+            k_reset, k_models = jax.random.split(k_reset)
+            batched = RandomizedVmapWrapper(env, *batched_models(env.sys, k_models, n, DomainRandomization()))
+            reset_fn, step_fn = batched.reset, batched.step
+        else:
+            reset_fn, step_fn = jax.vmap(env.reset), jax.vmap(env.step)
+        state = reset_fn(jax.random.split(k_reset, n))
+        k_roll, k_lat = jax.random.split(k_roll)
+        late = jax.random.bernoulli(k_lat, latency_prob, (n,))
+        prev = jax.vmap(lambda d: hold_action(task, d))(state.pipeline_state)
 
         def body(carry, _):
-            state, done, key = carry
-            key, sub = jax.random.split(key)
+            state, prev, done, key = carry
+            key, sub, k_obs = jax.random.split(key, 3)
             expert = jax.vmap(task.expert_action)(priv_fn(env.sys, state.pipeline_state))
             noise = cfg.noise_std * jax.random.normal(sub, expert.shape) * noisy[:, None]
-            driver = expert + noise if learner is None else learner.apply(params, state.obs)
-            nxt = jax.vmap(env.step)(state, driver)
-            record = (state.obs, expert, ~done)
-            return (nxt, done | (nxt.done > 0), key), record
+            read = state.obs + obs_noise * jax.random.normal(k_obs, state.obs.shape)
+            driver = expert + noise if learner is None else learner.apply(params, read)
+            nxt = step_fn(state, jnp.where(late[:, None], prev, driver))
+            record = (read, expert, ~done)
+            return (nxt, driver, done | (nxt.done > 0), key), record
 
-        (_, done, _), (obs, act, valid) = jax.lax.scan(
-            body, (state, jnp.zeros(n, bool), k_roll), None, length=task.config.episode_length
+        (_, _, done, _), (obs, act, valid) = jax.lax.scan(
+            body, (state, prev, jnp.zeros(n, bool), k_roll), None, length=task.config.episode_length
         )
         return obs, act, valid, done
 
@@ -272,8 +312,11 @@ def load_or_train_base_policy(
             candidates.append(params)
         if cfg.dagger_rounds:
             last = BasePolicy(name="learner", apply=apply, params=params, info={})
-            fits[-1]["own_rollout_success"] = evaluate_nominal(
-                task, last, cfg.dagger_envs, jax.random.fold_in(k_demo, cfg.dagger_rounds + 1))["rate"]
+            k_last = jax.random.fold_in(k_demo, cfg.dagger_rounds + 1)
+            if _dagger_conditions_on(cfg):  # scored under the same conditions as the rounds
+                fits[-1]["own_rollout_success"] = collect_demos(task, cfg, k_last, learner=last, num_episodes=cfg.dagger_envs)[2]
+            else:
+                fits[-1]["own_rollout_success"] = evaluate_nominal(task, last, cfg.dagger_envs, k_last)["rate"]
             best = max(range(len(fits)), key=lambda k: (fits[k]["own_rollout_success"], k))
             params, loss = candidates[best], fits[best]["train_loss"]
             log(f"base policy: DAgger keeps fit {best} (own rollouts: "

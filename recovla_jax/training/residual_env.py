@@ -90,15 +90,9 @@ class ResidualEnv(TaskEnv):
         mode = s["mode"]
         k_state, k_lat, k_obs = jax.random.split(k_state, 3)
         info = {"reward_weights": self.weights_per_mode[mode], "residual": jnp.zeros(grip.ACTION_SIZE), "mode": mode,
-                "latency": jax.random.bernoulli(k_lat, self.latency_prob), "prev_action": self._hold_action(data)}
+                "latency": jax.random.bernoulli(k_lat, self.latency_prob), "prev_action": hold_action(self.task, data)}
         state = self.state_from_data(data, k_state, info)
         return state.replace(obs=self._residual_obs(state.obs, mode, k_obs))
-
-    def _hold_action(self, data: mjx.Data) -> jnp.ndarray:
-        """The action that holds the current pose and jaw command (what a delayed controller executes first)."""
-        finger = data.ctrl[self.task.gripper.finger_ctrl[0]]
-        grip_cmd = 2.0 * (finger - grip.FINGER_OPEN) / (grip.FINGER_SQUEEZE - grip.FINGER_OPEN) - 1.0
-        return jnp.zeros(grip.ACTION_SIZE).at[6].set(jnp.clip(grip_cmd, -1.0, 1.0))
 
     def _residual_obs(self, task_obs: jnp.ndarray, mode: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         """[noisy task obs, base action on it, descriptor]: base and residual see the same sensor noise."""
@@ -120,3 +114,10 @@ class ResidualEnv(TaskEnv):
         inner = state.replace(obs=state.obs[: self.task_obs_size], info=info)
         nxt = super().step(inner, executed)
         return nxt.replace(obs=self._residual_obs(nxt.obs, state.info["mode"], k_obs))
+
+
+def hold_action(task: Task, data: mjx.Data) -> jnp.ndarray:
+    """The action that holds the current pose and jaw command (what a delayed controller executes first)."""
+    finger = data.ctrl[task.gripper.finger_ctrl[0]]
+    grip_cmd = 2.0 * (finger - grip.FINGER_OPEN) / (grip.FINGER_SQUEEZE - grip.FINGER_OPEN) - 1.0
+    return jnp.zeros(grip.ACTION_SIZE).at[6].set(jnp.clip(grip_cmd, -1.0, 1.0))

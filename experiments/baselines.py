@@ -292,10 +292,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
                   total_timesteps=budget["timesteps_per_policy"], seed=int(config["seed"]),
                   checkpoint_every=int(config["checkpoint_every"]), learning_rate=float(config["learning_rate"]),
                   entropy_coef=float(config["entropy_coef"]), gamma=float(config["gamma"]))
-    # The run's exploration noise unless overridden (runs from before --init-log-std used PPOConfig's default).
-    init_log_std = args.init_log_std if args.init_log_std is not None else config.get("init_log_std")
-    if init_log_std is not None:
-        ppo_kw["init_log_std"] = float(init_log_std)
+    # The run's exploration noise unless overridden (load_run fills the main job's default into older runs).
+    ppo_kw["init_log_std"] = float(args.init_log_std if args.init_log_std is not None else config["init_log_std"])
     ppo_cfg = PPOConfig(**ppo_kw)
     mesh = make_mesh() if jax.device_count() > 1 else None
     randomization = None if config.get("no_randomization") else DomainRandomization()

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--gamma", type=float, default=0.99, help="discount; 0.99 suits 100-step recovery episodes")
     p.add_argument("--entropy-coef", type=float, default=1e-3)
+    # -0.5 = PPOConfig's default, written out so --help stays free of JAX imports (a test pins the two together)
     p.add_argument("--init-log-std", type=float, default=-0.5,
                    help="initial log std of the residual's exploration noise (before tanh and alpha)")
     p.add_argument("--candidates", type=int, default=None, help="injected candidates per failure mode (default 1024 CPU, 8192 GPU)")

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from recovla_jax.policies.bc import BCConfig, evaluate_nominal, load_or_train_base_policy
 from tests.conftest import TEST_BC
@@ -44,7 +45,10 @@ def test_cache_key_follows_task_source_and_config(drawer_task, monkeypatch):
     assert bc.cache_key(drawer_task, BCConfig(seed=1)) != key
     # fields added after cache format 4 change the key only when set (older cached clones stay valid)
     assert "dagger_latency_prob" not in bc._keyed_config(BCConfig())
-    assert bc.cache_key(drawer_task, BCConfig(dagger_latency_prob=0.5)) != key
+    rounds = bc.cache_key(drawer_task, BCConfig(dagger_rounds=1))
+    assert bc.cache_key(drawer_task, BCConfig(dagger_rounds=1, dagger_latency_prob=0.5)) != rounds
+    with pytest.raises(ValueError, match="only in DAgger rounds"):
+        BCConfig(dagger_obs_noise=0.001)  # no rounds: the condition would do nothing but change the key
     assert bc.cache_key(get_task("drawer", {"episode_length": 90}), BCConfig()) != key
     # an edited expert (any change to the task's module source) must not reuse the cached clone
     monkeypatch.setattr(bc, "_module_sources", lambda *modules: "edited")
@@ -87,14 +91,14 @@ def test_dagger_rounds_drive_under_latency_noise_and_randomized_dynamics():
 
     task = get_task("drawer", {"episode_length": 4})
     push_x = BasePolicy("push_x", lambda params, obs: jnp.zeros(obs.shape[:-1] + (7,)).at[..., 0].set(1.0).at[..., 6].set(-1.0), {}, {})
-    obs, _, _ = collect_demos(task, BCConfig(demo_envs=8, dagger_latency_prob=1.0), jax.random.PRNGKey(0),
+    obs, _, _ = collect_demos(task, BCConfig(demo_envs=8, dagger_rounds=1, dagger_latency_prob=1.0), jax.random.PRNGKey(0),
                               learner=push_x, num_episodes=8)
     x = obs[:, 0].reshape(4, 8)  # time-major TCP x
     assert np.abs(x[1] - x[0]).max() < 0.003  # step 0 executed the hold action (latency) ...
     assert (x[3] - x[1]).min() > 0.01  # ... later steps the learner's (one step late)
 
     hold = BasePolicy("hold", lambda params, obs: jnp.zeros(obs.shape[:-1] + (7,)).at[..., 6].set(-1.0), {}, {})
-    cfg = BCConfig(demo_envs=8, dagger_obs_noise=0.02, dagger_randomization=True)
+    cfg = BCConfig(demo_envs=8, dagger_rounds=1, dagger_obs_noise=0.02, dagger_randomization=True)
     obs, actions, _ = collect_demos(task, cfg, jax.random.PRNGKey(0), learner=hold, num_episodes=8)
     tcp = obs[:, :3].reshape(4, 8, 3)
     spread = (tcp - tcp.mean(axis=0)).std()

@@ -202,6 +202,10 @@ def test_baselines_budget_and_conditions(tmp_path):
     defaults = train_defaults()  # main-job flags the config lacks are filled in with the main job's defaults
     assert info["config"]["alpha"] == defaults["alpha"] and defaults["episode_length"] is None
     assert info["config"]["episode_length"] == 100  # None resolves to the task's own default (drawer: 100)
+    # older runs without --init-log-std get the main job's default, which is PPO's own
+    from recovla_jax.training.ppo import PPOConfig
+
+    assert info["config"]["init_log_std"] == PPOConfig.model_fields["init_log_std"].default
     args = SimpleNamespace(num_envs=None, timesteps=None, policy=None)
     assert resolve_budget(info["config"], args) == {"num_envs": 128, "timesteps_per_policy": 250_000, "policy": "per-mode",
                                                     "budget_matches_run": True}

@@ -19,22 +19,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from recovla_jax.evaluation.rollout import rollout_success
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.policies.base_policy import BasePolicy, bc_network, make_bc_apply
 from recovla_jax.sim.env import TaskEnv
+from recovla_jax.sim.gripper import ACTION_SIZE
+from recovla_jax.sim.latency import hold_action
 from recovla_jax.sim.randomization import DomainRandomization, batched_models
 from recovla_jax.sim.wrappers import RandomizedVmapWrapper
-from recovla_jax.sim.gripper import ACTION_SIZE
 from recovla_jax.tasks.base import ASSETS, Task
-from recovla_jax.training.residual_env import hold_action
 from recovla_jax.utils.checkpoint import restore_pytree, save_pytree
 from recovla_jax.utils.jax_setup import DEFAULT_CACHE_DIR, package_versions
 
 CACHE_FORMAT = 4  # 2: demo chunks; 3: task and rules source hashed; 4: DAgger refits from scratch, keeps the best
+
+
+# The DAgger deployment conditions (added after CACHE_FORMAT 4) and their "off" values: they enter the cache
+# key only when set, so clones cached before the fields existed stay valid.
+_DAGGER_CONDITIONS_OFF = {"dagger_latency_prob": 0.0, "dagger_obs_noise": 0.0, "dagger_randomization": False}
+
+
+def _keyed_config(cfg: BCConfig) -> dict:
+    dump = cfg.model_dump(mode="json")
+    return {k: v for k, v in dump.items() if k not in _DAGGER_CONDITIONS_OFF or v != _DAGGER_CONDITIONS_OFF[k]}
+
+
+def _dagger_conditions_on(cfg: BCConfig) -> bool:
+    return any(getattr(cfg, k) != off for k, off in _DAGGER_CONDITIONS_OFF.items())
 
 
 class BCConfig(BaseModel):
@@ -57,8 +71,9 @@ class BCConfig(BaseModel):
     # every state it visits, and a fresh clone is fit on all data so far. Still nominal starts only (no
     # injected failures), but the clone learns to correct its own compounding errors: multi-stage tasks
     # need it (pick_place and stack clones hovered or stalled in states the expert never visits). Success
-    # is not monotone over rounds (stack: 39% -> 87% -> 52%), so the fit whose own rollouts succeeded most
-    # is kept; the last fit gets `dagger_envs` extra nominal episodes for that (never the evaluation seeds).
+    # is not monotone over rounds (stack under the DAgger conditions: 2% -> 48% -> 32% -> 35% -> 82%), so
+    # the fit whose own rollouts succeeded most is kept; the last fit gets `dagger_envs` extra nominal
+    # episodes for that (never the evaluation seeds).
     dagger_rounds: int = Field(0, ge=0)
     dagger_envs: int = Field(512, ge=8)
     # Deployment conditions of the DAgger rounds (the robot the base is fine-tuned on, like a VLA fine-tuned
@@ -70,6 +85,13 @@ class BCConfig(BaseModel):
     dagger_latency_prob: float = Field(0.0, ge=0.0, le=1.0)
     dagger_obs_noise: float = Field(0.0, ge=0.0)
     dagger_randomization: bool = False  # each learner episode on its own domain-randomized model
+
+    @model_validator(mode="after")
+    def _conditions_need_rounds(self) -> "BCConfig":
+        if _dagger_conditions_on(self) and not self.dagger_rounds:
+            raise ValueError("dagger_latency_prob / dagger_obs_noise / dagger_randomization act only in DAgger rounds: "
+                             "set dagger_rounds >= 1 or leave them off")
+        return self
 
 
 def cache_key(task: Task, cfg: BCConfig) -> str:
@@ -86,29 +108,18 @@ def cache_key(task: Task, cfg: BCConfig) -> str:
         "task": task.name,
         "task_config": task.config.model_dump(mode="json"),
         "scene": (ASSETS / task.xml_file).read_text(),
-        "task_source": _module_sources(type(task).__module__, task.rules_module, *DEMO_SOURCE_MODULES),
+        "task_source": _module_sources(type(task).__module__, task.rules_module, *DEMO_SOURCE_MODULES,
+                                       *(CONDITION_SOURCE_MODULES if _dagger_conditions_on(cfg) else ())),
         "bc": _keyed_config(cfg),
         "demo_chunk": min(DEMO_CHUNK, task.max_program_envs),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# The DAgger deployment conditions (added after CACHE_FORMAT 4) and their "off" values: they enter the cache
-# key only when set, so clones cached before the fields existed stay valid.
-_DAGGER_CONDITIONS_OFF = {"dagger_latency_prob": 0.0, "dagger_obs_noise": 0.0, "dagger_randomization": False}
-
-
-def _keyed_config(cfg: BCConfig) -> dict:
-    dump = cfg.model_dump(mode="json")
-    return {k: v for k, v in dump.items() if k not in _DAGGER_CONDITIONS_OFF or v != _DAGGER_CONDITIONS_OFF[k]}
-
-
-def _dagger_conditions_on(cfg: BCConfig) -> bool:
-    return any(getattr(cfg, k) != off for k, off in _DAGGER_CONDITIONS_OFF.items())
-
-
 DEMO_SOURCE_MODULES = ("recovla_jax.sim.env", "recovla_jax.sim.gripper", "recovla_jax.runtime.gripper",
                        "recovla_jax.sim.rotations")
+# What the DAgger conditions add (hashed only when they are on, so clones without them keep their keys).
+CONDITION_SOURCE_MODULES = ("recovla_jax.sim.latency", "recovla_jax.sim.randomization", "recovla_jax.sim.wrappers")
 
 
 def _module_sources(*modules: str) -> str:
@@ -138,7 +149,11 @@ def collect_demos(
     """Expert-labelled (obs, clean expert action) pairs from nominal episodes, and the driver's success rate.
 
     Without `learner` the expert drives (with DART noise on `noisy_fraction` of the envs); with it the
-    learner drives and the expert only labels the states it visits (a DAgger round).
+    learner drives and the expert only labels the states it visits (a DAgger round), under the config's
+    DAgger conditions: the recorded observation is the noisy one the learner read, the label the expert's
+    action for the true state. Under latency that label takes effect a step late: the clone learns to get
+    back on track from where latency leads it, not to predict ahead.
+    The success rate counts successes only (a NaN reset also ends an episode).
 
     Collected in chunks of `DEMO_CHUNK` envs with one compiled program: on 2 CPU cores with jax 0.10.2
     some larger batched MJX programs hung (all XLA threads idle) before `sim.cpu_linalg`; the chunk now
@@ -165,35 +180,44 @@ def collect_demos(
         else:
             reset_fn, step_fn = jax.vmap(env.reset), jax.vmap(env.step)
         state = reset_fn(jax.random.split(k_reset, n))
-        k_roll, k_lat = jax.random.split(k_roll)
-        late = jax.random.bernoulli(k_lat, latency_prob, (n,))
-        prev = jax.vmap(lambda d: hold_action(task, d))(state.pipeline_state)
+        if latency_prob > 0:  # (random keys drawn only when used: demos without conditions stay as before)
+            k_roll, k_lat = jax.random.split(k_roll)
+            late = jax.random.bernoulli(k_lat, latency_prob, (n,))
+        else:
+            late = jnp.zeros(n, bool)
+        prev = jax.vmap(lambda d: hold_action(task.gripper, d))(state.pipeline_state)
 
         def body(carry, _):
-            state, prev, done, key = carry
-            key, sub, k_obs = jax.random.split(key, 3)
+            state, prev, done, ok, key = carry
             expert = jax.vmap(task.expert_action)(priv_fn(env.sys, state.pipeline_state))
+            read = state.obs
+            if obs_noise > 0:
+                key, sub, k_obs = jax.random.split(key, 3)
+                read = read + obs_noise * jax.random.normal(k_obs, read.shape)
+            else:
+                key, sub = jax.random.split(key)
             noise = cfg.noise_std * jax.random.normal(sub, expert.shape) * noisy[:, None]
-            read = state.obs + obs_noise * jax.random.normal(k_obs, state.obs.shape)
             driver = expert + noise if learner is None else learner.apply(params, read)
             nxt = step_fn(state, jnp.where(late[:, None], prev, driver))
             record = (read, expert, ~done)
-            return (nxt, driver, done | (nxt.done > 0), key), record
+            ok = ok | (~done & (nxt.metrics["success"] > 0))
+            return (nxt, driver, done | (nxt.done > 0), ok, key), record
 
-        (_, _, done, _), (obs, act, valid) = jax.lax.scan(
-            body, (state, prev, jnp.zeros(n, bool), k_roll), None, length=task.config.episode_length
+        zeros = jnp.zeros(n, bool)
+        (_, _, _, ok, _), (obs, act, valid) = jax.lax.scan(
+            body, (state, prev, zeros, zeros, k_roll), None, length=task.config.episode_length
         )
-        return obs, act, valid, done
+        return obs, act, valid, ok
 
     obs_all, act_all, clean_ok, clean_n = [], [], 0, 0
     for c in range(num_chunks):
         k_reset, k_roll = jax.random.split(jax.random.fold_in(rng, c))
         noisy = np.arange(c * n, (c + 1) * n) < n_noisy
-        obs, act, valid, done = jax.device_get(run(k_reset, k_roll, jnp.asarray(noisy), learner_params))
+        obs, act, valid, ok = jax.device_get(run(k_reset, k_roll, jnp.asarray(noisy), learner_params))
         valid = np.asarray(valid)
         obs_all.append(np.asarray(obs)[valid])
         act_all.append(np.asarray(act)[valid])
-        clean_ok += int(np.sum(np.asarray(done) & ~noisy))
+        clean_ok += int(np.sum(np.asarray(ok) & ~noisy))
         clean_n += int(np.sum(~noisy))
         if on_chunk is not None:
             on_chunk(c + 1, num_chunks)
@@ -314,7 +338,8 @@ def load_or_train_base_policy(
             last = BasePolicy(name="learner", apply=apply, params=params, info={})
             k_last = jax.random.fold_in(k_demo, cfg.dagger_rounds + 1)
             if _dagger_conditions_on(cfg):  # scored under the same conditions as the rounds
-                fits[-1]["own_rollout_success"] = collect_demos(task, cfg, k_last, learner=last, num_episodes=cfg.dagger_envs)[2]
+                _, _, fits[-1]["own_rollout_success"] = collect_demos(task, cfg, k_last, learner=last,
+                                                                      num_episodes=cfg.dagger_envs)
             else:
                 fits[-1]["own_rollout_success"] = evaluate_nominal(task, last, cfg.dagger_envs, k_last)["rate"]
             best = max(range(len(fits)), key=lambda k: (fits[k]["own_rollout_success"], k))

@@ -26,6 +26,7 @@ from recovla_jax.rewards.compiler import compile_reward
 from recovla_jax.rewards.library import component_names
 from recovla_jax.sim import gripper as grip
 from recovla_jax.sim.env import TaskEnv
+from recovla_jax.sim.latency import hold_action
 from recovla_jax.tasks.base import Task
 
 
@@ -90,7 +91,7 @@ class ResidualEnv(TaskEnv):
         mode = s["mode"]
         k_state, k_lat, k_obs = jax.random.split(k_state, 3)
         info = {"reward_weights": self.weights_per_mode[mode], "residual": jnp.zeros(grip.ACTION_SIZE), "mode": mode,
-                "latency": jax.random.bernoulli(k_lat, self.latency_prob), "prev_action": hold_action(self.task, data)}
+                "latency": jax.random.bernoulli(k_lat, self.latency_prob), "prev_action": hold_action(self.task.gripper, data)}
         state = self.state_from_data(data, k_state, info)
         return state.replace(obs=self._residual_obs(state.obs, mode, k_obs))
 
@@ -114,10 +115,3 @@ class ResidualEnv(TaskEnv):
         inner = state.replace(obs=state.obs[: self.task_obs_size], info=info)
         nxt = super().step(inner, executed)
         return nxt.replace(obs=self._residual_obs(nxt.obs, state.info["mode"], k_obs))
-
-
-def hold_action(task: Task, data: mjx.Data) -> jnp.ndarray:
-    """The action that holds the current pose and jaw command (what a delayed controller executes first)."""
-    finger = data.ctrl[task.gripper.finger_ctrl[0]]
-    grip_cmd = 2.0 * (finger - grip.FINGER_OPEN) / (grip.FINGER_SQUEEZE - grip.FINGER_OPEN) - 1.0
-    return jnp.zeros(grip.ACTION_SIZE).at[6].set(jnp.clip(grip_cmd, -1.0, 1.0))

@@ -120,3 +120,26 @@ def test_recovery_evaluator_is_per_state_deterministic_and_zero_residual_equals_
     np.testing.assert_array_equal(ev.outcomes(params, idx, use_residual=False), forward)
     assert forward.any(), "the base policy should open the drawer from some nominal starts within 70 steps"
     assert ev._run._cache_size() == 1
+
+
+def test_expert_guided_residual_reaches_the_expert_within_its_authority(drawer_task, drawer_env, drawer_base_policy):
+    from recovla_jax.evaluation.authority import expert_guided_raw, expert_guided_success
+
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    weights = np.zeros((3, len(component_names(drawer_task))), np.float32)
+    env = {a: ResidualEnv(drawer_task, drawer_base_policy, bank, weights, alpha=a, start_noise=0.0, obs_noise=0.0,
+                          latency_prob=0.0) for a in (0.01, 2.0)}
+    state = jax.jit(env[2.0].reset_to)(jnp.asarray(0), jax.random.PRNGKey(1))
+    expert = drawer_task.expert_action(drawer_task.privileged(env[2.0].sys, state.pipeline_state))
+    base = state.obs[env[2.0].task_obs_size:env[2.0].task_obs_size + 7]
+    # scale 2 spans the whole action box: the executed action is the expert's own
+    executed, _ = env[2.0].executed_action(state.obs, expert_guided_raw(env[2.0], state.obs, expert))
+    np.testing.assert_allclose(executed, jnp.clip(expert, -1.0, 1.0), atol=1e-5)
+    # a small scale moves the base action toward the expert's by at most alpha per entry (at a nominal start
+    # the clone is within 0.05 of the expert, so the bound must be smaller than that to be tested)
+    executed, _ = env[0.01].executed_action(state.obs, expert_guided_raw(env[0.01], state.obs, expert))
+    np.testing.assert_allclose(executed, jnp.clip(base + jnp.clip(expert - base, -0.01, 0.01), -1.0, 1.0), atol=1e-5)
+    assert float(jnp.max(jnp.abs(expert - base))) > 0.02  # the bound was active somewhere
+    # from nominal starts the fully guided base is the scripted expert (>= 95% nominal): it succeeds
+    ok = expert_guided_success(env[2.0], np.arange(len(bank)), steps=drawer_task.config.episode_length)
+    assert ok.shape == (len(bank),) and ok.dtype == bool and ok.mean() >= 0.75

@@ -247,3 +247,19 @@ def test_success_needs_the_jaws_released(stack_task):
     assert bool(held["held"][2]) and float(held["progress"]) == 1.0
     assert not bool(_success(held)) and bool(_success(free))
     assert obs_held[stack_rules.OBS["stack_progress"]][0] == 1.0
+
+
+def test_expert_keeps_clearing_a_wrongly_stacked_block_once_lifted():
+    """Lifting blue off the red base ends `blocking`; the expert must still carry it to the clear spot."""
+    from recovla_jax.runtime.stack_rules import BLOCK, HALF
+    from recovla_jax.tasks.stack import CLEAR_DIST, _subgoal
+
+    b = jnp.array([[0.0, 0.0, HALF], [0.1, 0.0, HALF], [0.0, 0.0, HALF + BLOCK + 0.03]])  # blue 3 cm above red
+    carrying = {"block_pos": b, "blocking": jnp.array(False), "placed2": jnp.array(False),
+                "held": jnp.array([False, False, True]), "next_block": jnp.array(1)}
+    k, dest = _subgoal(carrying)
+    assert int(k) == 2
+    np.testing.assert_allclose(dest, [-CLEAR_DIST, 0.0, HALF], atol=1e-5)  # beyond red, away from green
+    k, dest = _subgoal({**carrying, "held": jnp.array([False, False, False])})  # blue put down: green is next
+    assert int(k) == 1
+    np.testing.assert_allclose(dest, b[0] + jnp.array([0.0, 0.0, BLOCK]), atol=1e-5)

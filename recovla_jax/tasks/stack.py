@@ -285,14 +285,19 @@ def _yaw_rep(yaw4: jnp.ndarray) -> jnp.ndarray:
 
 
 def _subgoal(p: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(index of the block to move next, its target centre)."""
+    """(index of the block to move next, its target centre).
+
+    Clearing the blue block off a wrong support lasts while it is carried: once lifted it no longer rests
+    there (`blocking` turns false), and following `next_block` alone switched to green and dropped blue back.
+    """
     b = p["block_pos"]
-    k = p["next_block"]
+    clearing = p["blocking"] | (p["held"][2] & ~p["placed2"])
+    k = jnp.where(clearing, 2, p["next_block"])
     away = b[0, :2] - b[1, :2]
     away = away / (jnp.linalg.norm(away) + 1e-6)
     clear_spot = jnp.concatenate([b[0, :2] + CLEAR_DIST * away, jnp.array([HALF])])
     on_below = b[k - 1] + jnp.array([0.0, 0.0, BLOCK])
-    return k, jnp.where(p["blocking"], clear_spot, on_below)
+    return k, jnp.where(clearing, clear_spot, on_below)
 
 
 # ------------------------------------------------------------------------------------------- expert

@@ -1,0 +1,54 @@
+"""Residual authority: can a residual of scale alpha reproduce the scripted expert's recovery at all?
+
+The expert-guided residual r = clip((expert - base) / alpha, -1, 1) puts the executed action as close to
+the expert's as a residual of scale alpha can, at every step. Its success from failure-bank states
+separates "no residual of this scale can recover here" from "PPO did not learn it": a mode where the
+guided residual succeeds but the trained one does not is a learning problem (budget, exploration, reward),
+not an authority problem. The projection is greedy, so a low guided rate is a hint, not a proof: a learned
+residual may plan around the bound (the drawer's trained missed_handle residual beats its alpha-1 guide).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recovla_jax.training.residual_env import ResidualEnv
+
+# tanh(arctanh(1 - 1e-6)) rounds back to 1 - 1e-6 in float32: the bound itself is reachable.
+_MAX_UNIT = 1.0 - 1e-6
+
+
+def expert_guided_raw(env: ResidualEnv, obs: jnp.ndarray, expert: jnp.ndarray) -> jnp.ndarray:
+    """The pre-tanh residual whose executed action is the expert's, projected onto base +- alpha."""
+    base = obs[..., env.task_obs_size:env.task_obs_size + expert.shape[-1]]
+    unit = jnp.clip((expert - base) / env.alpha, -_MAX_UNIT, _MAX_UNIT)
+    return jnp.arctanh(unit)
+
+
+def expert_guided_success(env: ResidualEnv, indices: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
+    """Per-state success (bool array) of the expert-guided residual from bank states `indices`.
+
+    The env's own start jitter, observation noise and latency apply, as in training. The expert reads
+    privileged simulator state; the base reads the (noisy) observation, as always.
+    """
+    task = env.task
+    privileged = jax.vmap(task.privileged, in_axes=(None, 0))
+    success = jax.vmap(task.success, in_axes=(None, 0))
+    indices = jnp.asarray(indices)
+
+    @jax.jit
+    def rollout(key: jax.Array) -> jnp.ndarray:
+        state = jax.vmap(env.reset_to)(indices, jax.random.split(key, indices.shape[0]))
+
+        def body(carry, _):
+            state, done = carry
+            expert = jax.vmap(task.expert_action)(privileged(env.sys, state.pipeline_state))
+            nxt = jax.vmap(env.step)(state, expert_guided_raw(env, state.obs, expert))
+            return (nxt, done | success(env.sys, nxt.pipeline_state)), None
+
+        (_, done), _ = jax.lax.scan(body, (state, jnp.zeros(indices.shape[0], bool)), None, length=steps)
+        return done
+
+    return np.asarray(rollout(jax.random.PRNGKey(seed)))

@@ -226,6 +226,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     from rich.console import Console
 
     from recovla_jax.evaluation.recovery import RecoveryEvaluator
+    from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.failures.bank import FailureBank
     from recovla_jax.sim.randomization import DomainRandomization
     from recovla_jax.tasks import get_task
@@ -251,7 +252,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     from experiments.report import infer_run_method
 
     run_method, run_label = infer_run_method(config, results)
-    base = _load_base(run)
+    base = load_run_base(run)
     record: dict = {"method": args.method, "label": LABELS[args.method], "task": task.name, "run": str(run.absolute()),
                     "bank_dir": str(Path(info["bank_dir"]).absolute()), "bank_counts": counts, "eval_conditions": cond,
                     "device": device_summary(), "versions": package_versions(), "modes": {}}
@@ -374,20 +375,6 @@ def run_baseline(args: argparse.Namespace) -> dict:
             lambda b: make_env(b, float(cond["start_jitter_m"])), apply,
             {m: params_by_group[group_of[m]] for m in usable}, base_env_fn, log)
     return _finish(record, out, t0, log)
-
-
-def _load_base(run: Path):
-    """The run's copy of its frozen base policy (run/base_policy), as training saw it."""
-    import jax
-    import jax.numpy as jnp
-
-    from recovla_jax.export.run_reader import read_base_params
-    from recovla_jax.policies.base_policy import BasePolicy, make_bc_apply
-    from recovla_jax.training.finetune_env import bc_hidden
-
-    params, meta = read_base_params(run)
-    params = jax.tree.map(jnp.asarray, params)
-    return BasePolicy(name=meta.get("name", "base"), apply=make_bc_apply(bc_hidden(params["net"]), 7), params=params, info=meta)
 
 
 def _nominal_of_run(run: Path, task, base, usable: list[str], cond: dict, per_mode: int, seed: int, log) -> dict:

@@ -174,7 +174,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
         from experiments.summary import write_learning_curves, write_summary
 
-        write_learning_curves(results["curves"], run_dir / "learning_curves.png")
+        write_learning_curves(results["curves"], run_dir / "learning_curves.png",
+                              settle_steps=ppo_cfg.num_envs * args.episode_length)
         write_summary(results, config, run_dir / "summary.md")
         if writer is not None:
             writer.close()

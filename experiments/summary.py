@@ -10,15 +10,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def write_learning_curves(curves: dict[str, list[dict]], path: Path) -> None:
+def write_learning_curves(curves: dict[str, list[dict]], path: Path, settle_steps: int = 0) -> None:
+    """Return and training success per policy against env steps.
+
+    Both are plotted from `settle_steps` on (num_envs * episode_length: every env has finished a full
+    episode): before that the only finished episodes are the early ones, i.e. mostly successes, and both
+    read high (e.g. 100% success in the first iteration of a policy that then learns from 0%).
+    """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, curve in curves.items():
-        steps = [m["env_steps"] for m in curve]
-        axes[0].plot(steps, [m.get("episode/sum_reward", float("nan")) for m in curve], label=name)
-        axes[1].plot(steps, [m.get("episode/success", float("nan")) for m in curve], label=name)
-    axes[0].set(xlabel="env steps", ylabel="mean episode return", title="return")
-    axes[1].set(xlabel="env steps", ylabel="success rate of finished episodes", title="training success", ylim=(0, 1))
+        settled = [m for m in curve if m["env_steps"] >= settle_steps]
+        steps = [m["env_steps"] for m in settled]
+        axes[0].plot(steps, [m.get("episode/sum_reward", float("nan")) for m in settled], label=name)
+        axes[1].plot(steps, [m.get("episode/success", float("nan")) for m in settled], label=name)
+    since = f" from {settle_steps:,} steps (every env has finished an episode)" if settle_steps else ""
+    axes[0].set(xlabel="env steps", ylabel="mean episode return", title="return" + since)
+    axes[1].set(xlabel="env steps", ylabel="success rate of finished episodes", title="training success" + since, ylim=(0, 1))
     for ax in axes:
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -141,3 +141,20 @@ def test_run_from_another_scene_version_is_refused(fake_run, tmp_path):
     with pytest.raises(RunDirError, match=r"bank states have 9 qpos but the current scene .* has 13: .* re-train"):
         export_run(run, tmp_path / "export", log=lambda *_: None)
     assert not (tmp_path / "export").exists()
+
+
+def test_load_run_base_rebuilds_the_runs_frozen_base(fake_run, tmp_path):
+    """The base a run saved comes back with its own widths and acts exactly as training's copy did."""
+    import jax.numpy as jnp
+
+    from recovla_jax.export.run_reader import load_run_base, read_bank, read_base_params
+    from recovla_jax.policies.base_policy import make_bc_apply
+    from tests._fake_run import HIDDEN
+
+    base = load_run_base(fake_run)
+    params, _ = read_base_params(fake_run)
+    obs = jnp.asarray(read_bank(fake_run).arrays["obs"])
+    assert base.name == "fake-bc"
+    np.testing.assert_array_equal(np.asarray(base(obs)), np.asarray(make_bc_apply(HIDDEN, 7)(params, obs)))
+    with pytest.raises(RunDirError, match="base_policy"):
+        load_run_base(tmp_path)

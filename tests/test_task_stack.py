@@ -17,6 +17,7 @@ from recovla_jax.sim.native import forward, mjx_view
 
 N = 8  # envs of the shape/determinism tests
 N_EXPERT = 16  # envs of the expert rollout
+RECOVERABLE = 0.75  # least share of injected states the scripted expert must recover from, per mode
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def batch_fns(stack_env):
 @pytest.fixture(scope="module")
 def expert_run(stack_task, stack_env):
     """Expert rollout of N_EXPERT envs: success, steps, reward-term ranges, and every mode injected into the
-    expert's state at the middle of that mode's injection window (labels, stages, observations)."""
+    expert's state at the middle of that mode's injection window (labels, stages, observations, and the
+    expert's steps to recover from it: -1 when it does not within the episode)."""
+    from recovla_jax.evaluation.rollout import rollout_success
     from recovla_jax.rewards.library import reward_terms
 
     task, env = stack_task, stack_env
@@ -80,7 +83,11 @@ def expert_run(stack_task, stack_env):
         def inject_mode(m, snap):
             d = jax.vmap(task.inject, in_axes=(None, 0, None, 0))(env.sys, snap, m, keys)
             label, stage = jax.vmap(task.label)(priv_fn(env.sys, d))
-            return label, stage, jax.vmap(task.observe, in_axes=(None, 0))(env.sys, d)
+            # can the scripted expert recover from it within one episode? (no mode unrecoverable by construction)
+            start = jax.vmap(env.state_from_data)(d, keys)
+            expert = lambda obs, priv, k: jax.vmap(task.expert_action)(priv)  # noqa: E731
+            recovered = rollout_success(env, expert, start, length, jax.random.fold_in(key, 2))
+            return label, stage, jax.vmap(task.observe, in_axes=(None, 0))(env.sys, d), recovered["steps_to_success"]
 
         injected = [inject_mode(m, jax.tree.map(lambda x: x[m], snaps)) for m in range(len(mids))]
         nominal_obs = jax.vmap(task.observe, in_axes=(None, 0))(env.sys, jax.tree.map(lambda x: x[0], snaps))
@@ -153,6 +160,17 @@ def test_each_injector_yields_its_labelled_mode(expert_run, stack_task):
     for m, mode in enumerate(stack_task.failure_modes):
         label = injected[m][0]
         assert np.mean(label == m) >= 0.5, f"{mode}: labels {np.bincount(label + 1)} (index 0 = none)"
+
+
+def test_scripted_expert_recovers_every_mode_within_the_episode(expert_run, stack_task):
+    """Every failure mode must be recoverable in one episode, or no policy could reach the target on it
+    (wrong_order needs a blocking block cleared, then both picks: it needed the 300-step episode)."""
+    injected = expert_run[4]
+    for m, mode in enumerate(stack_task.failure_modes):
+        labelled, first = injected[m][0] == m, injected[m][3]
+        rate = np.mean(first[labelled] > 0)
+        print(f"{mode}: expert recovers {rate:.0%} of {labelled.sum()} labelled states, steps {sorted(first[labelled].tolist())}")
+        assert rate >= RECOVERABLE, f"{mode}: the expert recovers only {rate:.0%} within {stack_task.config.episode_length} steps"
 
 
 def test_reward_components_stay_in_documented_ranges(expert_run, stack_task):

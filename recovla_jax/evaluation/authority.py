@@ -10,6 +10,8 @@ residual may plan around the bound (the drawer's trained missed_handle residual 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +29,9 @@ def expert_guided_raw(env: ResidualEnv, obs: jnp.ndarray, expert: jnp.ndarray) -
     return jnp.arctanh(unit)
 
 
-def expert_guided_success(env: ResidualEnv, indices: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
-    """Per-state success (bool array) of the expert-guided residual from bank states `indices`.
+def expert_guided_rollout(env: ResidualEnv, steps: int) -> Callable[[jnp.ndarray, jax.Array], jnp.ndarray]:
+    """A jitted (bank indices, key) -> per-state success of the expert-guided residual, reusable across
+    index sets of one shape (one compile serves every failure mode of the env's bank).
 
     The env's own start jitter, observation noise and latency apply, as in training. The expert reads
     privileged simulator state; the base reads the (noisy) observation, as always.
@@ -36,10 +39,9 @@ def expert_guided_success(env: ResidualEnv, indices: np.ndarray, steps: int, see
     task = env.task
     privileged = jax.vmap(task.privileged, in_axes=(None, 0))
     success = jax.vmap(task.success, in_axes=(None, 0))
-    indices = jnp.asarray(indices)
 
     @jax.jit
-    def rollout(key: jax.Array) -> jnp.ndarray:
+    def rollout(indices: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         state = jax.vmap(env.reset_to)(indices, jax.random.split(key, indices.shape[0]))
 
         def body(carry, _):
@@ -51,4 +53,10 @@ def expert_guided_success(env: ResidualEnv, indices: np.ndarray, steps: int, see
         (_, done), _ = jax.lax.scan(body, (state, jnp.zeros(indices.shape[0], bool)), None, length=steps)
         return done
 
-    return np.asarray(rollout(jax.random.PRNGKey(seed)))
+    return rollout
+
+
+def expert_guided_success(env: ResidualEnv, indices: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
+    """Per-state success (bool array) of the expert-guided residual from bank states `indices`."""
+    rollout = expert_guided_rollout(env, steps)
+    return np.asarray(rollout(jnp.asarray(indices), jax.random.PRNGKey(seed)))

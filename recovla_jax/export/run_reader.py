@@ -104,5 +104,19 @@ def read_base_params(run_dir: Path) -> tuple[dict, dict]:
     return params, meta
 
 
+def load_run_base(run_dir: Path):
+    """The run's frozen base policy (run/base_policy) as a callable BasePolicy, exactly as training saw it."""
+    import jax
+    import jax.numpy as jnp
+
+    from recovla_jax.policies.base_policy import BasePolicy, make_bc_apply
+
+    params, meta = read_base_params(run_dir)
+    params = jax.tree.map(jnp.asarray, params)
+    shapes = dense_shapes(params["net"])
+    hidden = tuple(out for _, out in shapes[:-1])
+    return BasePolicy(name=meta.get("name", "base"), apply=make_bc_apply(hidden, shapes[-1][1]), params=params, info=meta)
+
+
 def read_bank(run_dir: Path) -> FailureBank:
     return FailureBank.load(bank_dir(run_dir))

@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.table import Table
 
     import jax
+    import jax.numpy as jnp
 
     from experiments.baselines import eval_conditions, load_run
     from recovla_jax.evaluation.authority import expert_guided_rollout
-    from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.evaluation.stats import wilson
+    from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.failures.bank import FailureBank
     from recovla_jax.rewards.library import component_names
     from recovla_jax.tasks import get_task
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         rollout = expert_guided_rollout(env, int(config["episode_length"]))
         for m in cells:
             first = positions[m][: args.states]  # a mode's first n split states, in bank order
-            ok = np.asarray(rollout(jax.numpy.asarray(first), jax.random.PRNGKey(args.seed)))
+            ok = np.asarray(rollout(jnp.asarray(first), jax.random.PRNGKey(args.seed)))
             cells[m][f"{a:g}"] = wilson(int(ok.sum()), len(first)).as_dict()
     for mode, by_alpha in cells.items():
         # The run's own held-out cells (its evaluation adds randomized dynamics), for comparison.

@@ -248,3 +248,22 @@ def test_finetune_policy_at_init_is_the_bc_base(drawer_task, fake_run):
     # the policy observes the task observation of a bank state (no noise, no jitter here), nothing else
     dist = np.abs(np.asarray(ts.env_state.obs)[:, None, :] - obs[None]).max(-1).min(-1)
     assert (dist < 1e-4).all(), dist
+
+
+def test_authority_cli_on_a_run(fake_run, tmp_path):
+    """experiments.authority on a real-format run: every mode's first n held-out states under one compiled
+    rollout per scale, the run's own cells beside them, and the record written where asked."""
+    from experiments.authority import main
+
+    out = tmp_path / "authority.json"
+    record = main(["--run", str(fake_run), "--alphas", "2", "--states", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    results = json.loads((fake_run / "results.json").read_text())
+    assert set(record["modes"]) == set(results["modes"])  # every mode has held-out states in the fake bank
+    for mode, cell in record["modes"].items():
+        guided = cell["alphas"]["2"]
+        assert guided["trials"] == 2 and 0 <= guided["successes"] <= 2
+        assert cell["base"] == results["modes"][mode]["base"] and cell["trained"] == results["modes"][mode]["recovla"]
+    assert record["split"] == "heldout" and record["run_alpha"] > 0
+    with pytest.raises(SystemExit, match="alphas"):
+        main(["--run", str(fake_run), "--alphas", "0"])

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recovla_jax.evaluation.rollout import rollout_success
 from recovla_jax.training.residual_env import ResidualEnv
 
 # tanh(arctanh(1 - 1e-6)) rounds back to 1 - 1e-6 in float32: the bound itself is reachable.
@@ -37,21 +38,14 @@ def expert_guided_rollout(env: ResidualEnv, steps: int) -> Callable[[jnp.ndarray
     privileged simulator state; the base reads the (noisy) observation, as always.
     """
     task = env.task
-    privileged = jax.vmap(task.privileged, in_axes=(None, 0))
-    success = jax.vmap(task.success, in_axes=(None, 0))
+
+    def guided(obs: jnp.ndarray, priv: dict, _key: jax.Array) -> jnp.ndarray:
+        return expert_guided_raw(env, obs, jax.vmap(task.expert_action)(priv))
 
     @jax.jit
     def rollout(indices: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-        state = jax.vmap(env.reset_to)(indices, jax.random.split(key, indices.shape[0]))
-
-        def body(carry, _):
-            state, done = carry
-            expert = jax.vmap(task.expert_action)(privileged(env.sys, state.pipeline_state))
-            nxt = jax.vmap(env.step)(state, expert_guided_raw(env, state.obs, expert))
-            return (nxt, done | success(env.sys, nxt.pipeline_state)), None
-
-        (_, done), _ = jax.lax.scan(body, (state, jnp.zeros(indices.shape[0], bool)), None, length=steps)
-        return done
+        start = jax.vmap(env.reset_to)(indices, jax.random.split(key, indices.shape[0]))
+        return rollout_success(env, guided, start, steps, key)["success"]
 
     return rollout
 

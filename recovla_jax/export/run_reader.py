@@ -109,13 +109,13 @@ def load_run_base(run_dir: Path):
     import jax
     import jax.numpy as jnp
 
-    from recovla_jax.policies.base_policy import BasePolicy, make_bc_apply
+    from recovla_jax.policies.base_policy import BasePolicy, bc_hidden, make_bc_apply
 
     params, meta = read_base_params(run_dir)
     params = jax.tree.map(jnp.asarray, params)
-    shapes = dense_shapes(params["net"])
-    hidden = tuple(out for _, out in shapes[:-1])
-    return BasePolicy(name=meta.get("name", "base"), apply=make_bc_apply(hidden, shapes[-1][1]), params=params, info=meta)
+    action_size = dense_shapes(params["net"])[-1][1]
+    return BasePolicy(name=meta.get("name", "base"), apply=make_bc_apply(bc_hidden(params["net"]), action_size),
+                      params=params, info=meta)
 
 
 def read_bank(run_dir: Path) -> FailureBank:

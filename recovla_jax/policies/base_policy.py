@@ -34,6 +34,12 @@ def bc_network(hidden: tuple[int, ...], action_size: int) -> MLP:
     return MLP(hidden=hidden, out=action_size, activation="swish")
 
 
+def bc_hidden(net_params: dict) -> tuple[int, ...]:
+    """Hidden widths of a BC network from its Dense_0..Dense_k kernels (rebuilds a saved clone's network)."""
+    names = sorted(net_params, key=lambda n: int(n.split("_")[-1]))
+    return tuple(int(net_params[n]["kernel"].shape[1]) for n in names[:-1])
+
+
 def make_bc_apply(hidden: tuple[int, ...], action_size: int) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
     """apply(params, obs): normalise with the stored dataset statistics, MLP, tanh to the action bounds."""
     net = bc_network(hidden, action_size)

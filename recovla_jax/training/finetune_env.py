@@ -27,7 +27,7 @@ from brax.envs.base import Env
 from jax.sharding import Mesh
 
 from recovla_jax.failures.bank import FailureBank
-from recovla_jax.policies.base_policy import BasePolicy
+from recovla_jax.policies.base_policy import BasePolicy, bc_hidden
 from recovla_jax.sim import gripper as grip
 from recovla_jax.tasks.base import Task
 from recovla_jax.training.ppo import PPOConfig, PPOTrainer, TrainingState
@@ -53,12 +53,6 @@ class FinetuneEnv(ResidualEnv):
     def executed_action(self, obs: jnp.ndarray, raw: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(tanh(raw), zero residual): the policy's output is the whole action."""
         return jnp.tanh(raw), jnp.zeros(grip.ACTION_SIZE, raw.dtype)
-
-
-def bc_hidden(net_params: dict) -> tuple[int, ...]:
-    """Hidden widths of a BC network from its Dense_0..Dense_k kernels."""
-    names = sorted(net_params, key=lambda n: int(n.split("_")[-1]))
-    return tuple(int(np.shape(net_params[n]["kernel"])[1]) for n in names[:-1])
 
 
 class FinetunePPOTrainer(PPOTrainer):

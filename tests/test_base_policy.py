@@ -47,6 +47,8 @@ def test_cache_key_follows_task_source_and_config(drawer_task, monkeypatch):
     assert "dagger_latency_prob" not in bc._keyed_config(BCConfig())
     rounds = bc.cache_key(drawer_task, BCConfig(dagger_rounds=1))
     assert bc.cache_key(drawer_task, BCConfig(dagger_rounds=1, dagger_latency_prob=0.5)) != rounds
+    assert "demo_episode_length" not in bc._keyed_config(BCConfig())
+    assert bc.cache_key(drawer_task, BCConfig(demo_episode_length=90)) != key
     with pytest.raises(ValueError, match="only in DAgger rounds"):
         BCConfig(dagger_obs_noise=0.001)  # no rounds: the condition would do nothing but change the key
     assert bc.cache_key(get_task("drawer", {"episode_length": 90}), BCConfig()) != key
@@ -80,6 +82,10 @@ def test_dagger_round_labels_the_learners_states_with_the_expert():
     tcp = obs[:, :3].reshape(12, 8, 3)  # time-major; field 0 is the TCP position
     assert np.abs(tcp - tcp[0]).max() < 0.005  # the learner held still
     assert np.linalg.norm(actions[:, :3], axis=-1).min() > 0.1  # the expert wanted to move every time
+    # a demonstration horizon of its own (stack: nominal 200 steps, recoveries 300) sets the episodes' length
+    short, _, _ = collect_demos(task, BCConfig(demo_envs=8, demo_episode_length=5), jax.random.PRNGKey(0), learner=hold,
+                                num_episodes=8)
+    assert short.shape == (8 * 5, task.observation_size)
 
 
 def test_dagger_rounds_drive_under_latency_noise_and_randomized_dynamics():

@@ -42,9 +42,13 @@ CACHE_FORMAT = 4  # 2: demo chunks; 3: task and rules source hashed; 4: DAgger r
 _DAGGER_CONDITIONS_OFF = {"dagger_latency_prob": 0.0, "dagger_obs_noise": 0.0, "dagger_randomization": False}
 
 
+# Fields added later whose default leaves the clone unchanged: keyed only when set, like the conditions.
+_UNKEYED_DEFAULTS = {**_DAGGER_CONDITIONS_OFF, "demo_episode_length": None}
+
+
 def _keyed_config(cfg: BCConfig) -> dict:
     dump = cfg.model_dump(mode="json")
-    return {k: v for k, v in dump.items() if k not in _DAGGER_CONDITIONS_OFF or v != _DAGGER_CONDITIONS_OFF[k]}
+    return {k: v for k, v in dump.items() if k not in _UNKEYED_DEFAULTS or v != _UNKEYED_DEFAULTS[k]}
 
 
 def _dagger_conditions_on(cfg: BCConfig) -> bool:
@@ -85,6 +89,12 @@ class BCConfig(BaseModel):
     dagger_latency_prob: float = Field(0.0, ge=0.0, le=1.0)
     dagger_obs_noise: float = Field(0.0, ge=0.0)
     dagger_randomization: bool = False  # each learner episode on its own domain-randomized model
+    # Length of the demonstration and DAgger episodes when it should differ from the task's episode (the
+    # recovery horizon; None: the same). A task whose recoveries need a longer episode than its nominal run
+    # keeps its clone on the nominal horizon: stack's 300-step recovery episode made every failing learner
+    # episode label 300 stuck steps instead of 200, and the DAgger clone fell from 89.8% to 60.2% nominal
+    # (one clone each, same code). The clone's nominal success is still measured on the task's episode.
+    demo_episode_length: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _conditions_need_rounds(self) -> "BCConfig":
@@ -205,7 +215,7 @@ def collect_demos(
 
         zeros = jnp.zeros(n, bool)
         (_, _, _, ok, _), (obs, act, valid) = jax.lax.scan(
-            body, (state, prev, zeros, zeros, k_roll), None, length=task.config.episode_length
+            body, (state, prev, zeros, zeros, k_roll), None, length=demo_horizon(task, cfg)
         )
         return obs, act, valid, ok
 
@@ -222,6 +232,11 @@ def collect_demos(
         if on_chunk is not None:
             on_chunk(c + 1, num_chunks)
     return np.concatenate(obs_all), np.concatenate(act_all), clean_ok / max(clean_n, 1)
+
+
+def demo_horizon(task: Task, cfg: BCConfig) -> int:
+    """Steps in one demonstration or DAgger episode: `cfg.demo_episode_length`, else the task's episode."""
+    return cfg.demo_episode_length or task.config.episode_length
 
 
 def train_bc(obs: np.ndarray, actions: np.ndarray, cfg: BCConfig, rng: jax.Array, progress=None) -> tuple[dict, float]:

@@ -82,7 +82,10 @@ class StackTask(Task):
     # DAgger on nominal episodes lets it correct its own drift (three rounds, fresh refits: own rollouts
     # 35.5% -> 59.8% -> 77.9% -> 96.9%), but that clone fell to 76% with one step of action latency, so
     # the rounds drive under the evaluation's conditions (latency, observation noise, randomized dynamics).
-    bc_overrides = {"dagger_rounds": 4, "dagger_latency_prob": 0.5, "dagger_obs_noise": 0.001, "dagger_randomization": True}
+    # The clone's episodes stay at the 200 steps of the nominal task (300 is for recoveries): with 300-step
+    # recovery episode the learner's failing episodes filled the data with stuck states (60% vs 90% nominal).
+    bc_overrides = {"dagger_rounds": 4, "dagger_latency_prob": 0.5, "dagger_obs_noise": 0.001, "dagger_randomization": True,
+                    "demo_episode_length": 200}
     family = "long-horizon"
     progress_field = "stack_progress"
     progress_description = ("blocks correctly stacked / 2 (green on red, then blue on green); the task is done at 1 "

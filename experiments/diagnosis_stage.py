@@ -16,6 +16,7 @@ from recovla_jax.diagnosis.bank_diagnosis import descriptors_for_bank
 from recovla_jax.diagnosis.descriptor import RecoveryDescriptor, oracle_descriptor
 from recovla_jax.diagnosis.selectors import make_selector, resolve_auto
 from recovla_jax.failures.bank import FailureBank
+from recovla_jax.rewards.library import component_names
 from recovla_jax.tasks.base import Task
 
 
@@ -35,6 +36,26 @@ def wrong_descriptors(task: Task, descriptors: dict[str, RecoveryDescriptor]) ->
         out[m] = src.model_copy(update={"source": f"wrong-mask({src.source}; true mode {m})",
                                         "rationale": f"ablation: the descriptor of {other!r} used for {m!r}"}, deep=True)
     return out
+
+
+def check_reward_weights(task: Task, weights: list[tuple[str, float]]) -> None:
+    """Fail before any work when a `--reward-weight` names no component of the task."""
+    valid = component_names(task)
+    for name, _ in weights:
+        if name not in valid:
+            raise SystemExit(f"--reward-weight: unknown component {name!r} for task {task.name!r}; "
+                             f"valid components: {', '.join(valid)}")
+
+
+def apply_reward_weights(task: Task, descriptors: dict[str, RecoveryDescriptor], weights: list[tuple[str, float]]) -> None:
+    """Set `--reward-weight` overrides in every descriptor's mask (weight 0 removes the component)."""
+    check_reward_weights(task, weights)
+    for name, weight in weights:
+        for d in descriptors.values():
+            if weight == 0.0:
+                d.reward_mask.pop(name, None)
+            else:
+                d.reward_mask[name] = weight
 
 
 def diagnose_modes(task: Task, bank: FailureBank, args: argparse.Namespace, run_dir: Path) -> tuple[dict[str, RecoveryDescriptor], dict]:
@@ -59,6 +80,7 @@ def diagnose_modes(task: Task, bank: FailureBank, args: argparse.Namespace, run_
     if args.residual_penalty is not None:
         for d in descriptors.values():
             d.reward_mask["residual_magnitude"] = args.residual_penalty
+    apply_reward_weights(task, descriptors, getattr(args, "reward_weight", None) or [])
     record = {
         "selector": name,
         "fallback": args.fallback_selector,

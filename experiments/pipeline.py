@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tensorboardX import SummaryWriter
 
-from experiments.diagnosis_stage import diagnose_modes
+from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
@@ -55,6 +55,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     if args.episode_length is None:
         args.episode_length = task_class(args.task).config_cls().episode_length
     task = get_task(args.task, {"episode_length": args.episode_length})
+    check_reward_weights(task, getattr(args, "reward_weight", None) or [])
     run_dir = Path(args.run_dir or f"runs/{task.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if run_dir.exists() and not args.resume and any(run_dir.iterdir()):
         raise SystemExit(f"run directory {run_dir} exists and is not empty; pass --resume or another --run-dir")

@@ -38,13 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=int, default=None, help="env steps per policy (default 250k CPU, 20M GPU/TPU)")
     p.add_argument("--unroll-length", type=int, default=20)
     p.add_argument("--episode-length", type=int, default=None,
-                   help="control steps per episode (base-policy cloning, bank test and recovery); default: the task's own "
-                        "(drawer 100)")
+                   help="control steps per episode (bank test and recovery; base-policy cloning too unless the task "
+                        "sets its own demonstration horizon, as stack does); default: the task's own (drawer 100)")
     p.add_argument("--alpha", type=float, default=1.0, help="residual scale: action = clip(base + alpha*tanh(r))")
     p.add_argument("--obs-noise", type=float, default=0.001, help="Gaussian observation noise std in training and evaluation")
     p.add_argument("--latency-prob", type=float, default=0.5,
                    help="share of episodes with one control step of action latency (training and evaluation)")
     p.add_argument("--residual-penalty", type=float, default=None, help="override the mask's residual_magnitude weight")
+    p.add_argument("--reward-weight", action="append", default=[], type=reward_weight_arg, metavar="COMPONENT=WEIGHT",
+                   help="set one reward component's weight in every mode's mask (repeatable; 0 drops it): an ablation "
+                        "knob on top of the selector's masks, recorded in config.json")
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--gamma", type=float, default=0.99, help="discount; 0.99 suits 100-step recovery episodes")
     p.add_argument("--entropy-coef", type=float, default=1e-3)
@@ -65,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--process-id", type=int, default=0)
     return p
+
+
+def reward_weight_arg(text: str) -> tuple[str, float]:
+    """`COMPONENT=WEIGHT` -> (component, weight); the component names are checked against the task later."""
+    name, sep, value = text.partition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if not sep or not name.strip() or not (weight >= 0.0 and weight != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected COMPONENT=WEIGHT with a finite weight >= 0, got {text!r}")
+    return name.strip(), weight
 
 
 def main(argv: list[str] | None = None) -> Path:

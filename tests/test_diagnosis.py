@@ -518,6 +518,28 @@ def test_cli_gemini_end_to_end_then_cached_rerun(drawer_task, labelled_bank, gem
     assert SECRET not in (out / "records_cached_gemini.jsonl").read_text() + (out / "config.json").read_text()
 
 
+def test_reward_weight_overrides_every_mask_and_rejects_bad_input(drawer_task):
+    """`--reward-weight COMPONENT=WEIGHT`: set in every mode's mask, 0 drops the component, and a name or value
+    that cannot work is refused (before any work) with the valid choices."""
+    from experiments.diagnosis_stage import apply_reward_weights
+    from experiments.train import build_parser
+    from recovla_jax.diagnosis.descriptor import oracle_descriptor
+
+    descriptors = {m: oracle_descriptor(drawer_task, m) for m in drawer_task.failure_modes}
+    apply_reward_weights(drawer_task, descriptors, [("residual_magnitude", 0.0), ("success", 5.0)])
+    for m, d in descriptors.items():
+        assert "residual_magnitude" not in d.reward_mask and d.reward_mask["success"] == 5.0
+        assert "residual_magnitude" in drawer_task.oracle_masks[m]  # the task's own table is untouched
+    with pytest.raises(SystemExit, match="unknown component 'knock'.*valid components: reach_handle, align"):
+        apply_reward_weights(drawer_task, descriptors, [("knock", 1.0)])
+
+    args = build_parser().parse_args(["--reward-weight=success=3", "--reward-weight", "align=0"])
+    assert args.reward_weight == [("success", 3.0), ("align", 0.0)]
+    for bad in ("success", "success=-1", "=2", "success=x", "success=inf", "success=nan"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([f"--reward-weight={bad}"])
+
+
 def test_main_job_diagnosis_stage_uses_selector_and_wrong_mask_swaps(drawer_task, labelled_bank, tmp_path, monkeypatch):
     """The training pipeline's diagnosis stage: auto -> rules without a key, one descriptor per mode by vote,
     diagnosis.json written; --mask=wrong hands every mode another mode's descriptor."""

@@ -56,6 +56,11 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         args.episode_length = task_class(args.task).config_cls().episode_length
     task = get_task(args.task, {"episode_length": args.episode_length})
     check_reward_weights(task, getattr(args, "reward_weight", None) or [])
+    wanted = getattr(args, "modes", None) or tuple(task.failure_modes)
+    unknown = [m for m in wanted if m not in task.failure_modes]
+    if unknown:
+        raise SystemExit(f"--modes: unknown failure mode(s) {unknown} for task {task.name!r}; "
+                         f"valid: {', '.join(task.failure_modes)}")
     run_dir = Path(args.run_dir or f"runs/{task.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if run_dir.exists() and not args.resume and any(run_dir.iterdir()):
         raise SystemExit(f"run directory {run_dir} exists and is not empty; pass --resume or another --run-dir")
@@ -87,8 +92,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
             frames = render_bank_frames(task, bank, run_dir / "bank", num=12, seed=args.seed)
             log(f"failure bank: {len(frames)} PNG frames of 12 states in {run_dir / 'bank' / 'frames'}")
     counts = bank.counts()
-    usable = [m for m in task.failure_modes if counts[m]["train"] > 0 and counts[m]["heldout"] > 0]
-    for m in task.failure_modes:
+    usable = [m for m in wanted if counts[m]["train"] > 0 and counts[m]["heldout"] > 0]
+    for m in wanted:
         if m not in usable:
             log(f"[yellow]failure mode {m}: no base failures collected ({counts[m]}); it is skipped[/]")
     if not usable:

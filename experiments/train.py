@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-candidates", type=int, default=None,
                    help="cap per mode on injected candidates (default 24576 on CPU, 131072 on GPU/TPU)")
     p.add_argument("--bank-dir", default=None, help="reuse a saved failure bank instead of collecting one")
+    p.add_argument("--modes", default=None, type=lambda s: tuple(m.strip() for m in s.split(",") if m.strip()),
+                   help="comma-separated failure modes to train and evaluate (default: every mode of the task)")
     p.add_argument("--no-randomization", action="store_true", help="switch domain randomization off (on by default)")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoints")

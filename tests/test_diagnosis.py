@@ -540,6 +540,17 @@ def test_reward_weight_overrides_every_mask_and_rejects_bad_input(drawer_task):
             build_parser().parse_args([f"--reward-weight={bad}"])
 
 
+def test_main_job_refuses_unknown_modes_and_components_before_any_work(tmp_path):
+    from experiments.train import main
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"--modes: unknown failure mode\(s\) \['nope'\].*valid: missed_handle"):
+        main(["--task=drawer", "--modes=missed_handle,nope", f"--run-dir={run_dir}"])
+    with pytest.raises(SystemExit, match="--reward-weight: unknown component 'knock'"):
+        main(["--task=drawer", "--reward-weight=knock=1", f"--run-dir={run_dir}"])
+    assert not run_dir.exists()  # nothing written, no base cloned
+
+
 def test_main_job_diagnosis_stage_uses_selector_and_wrong_mask_swaps(drawer_task, labelled_bank, tmp_path, monkeypatch):
     """The training pipeline's diagnosis stage: auto -> rules without a key, one descriptor per mode by vote,
     diagnosis.json written; --mask=wrong hands every mode another mode's descriptor."""

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from experiments.training_progress import TrainingProgress
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 METHODS = ("finetune", "residual-full", "nominal")
@@ -191,32 +193,6 @@ def evaluate_nominal(task, cond: dict, modes: list[str], per_mode: int, seed: in
             "base": _pooled([v["base"] for v in per.values()])}
 
 
-class _Progress:
-    """A rich progress bar with env steps/s, mean episode return and success."""
-
-    def __init__(self, console, name: str, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[sps]:>8.0f} steps/s"), TextColumn("return {task.fields[ret]:7.2f}"),
-                                 TextColumn("success {task.fields[succ]:5.1%}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console)
-        self.total = total
-
-    def __enter__(self):
-        self.progress.start()
-        self.bar = self.progress.add_task("train", total=self.total, sps=0.0, ret=float("nan"), succ=float("nan"))
-        return self
-
-    def update(self, it: int, m: dict) -> None:
-        self.progress.update(self.bar, completed=it, sps=m["sps"])
-        if m.get("episode/count", 0) > 0:
-            self.progress.update(self.bar, ret=m.get("episode/sum_reward", float("nan")),
-                                 succ=m.get("episode/success", float("nan")))
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-        return False
 
 
 # ------------------------------------------------------------------------------------------- methods
@@ -324,7 +300,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
         trainer = FinetunePPOTrainer(batched, ppo_cfg, base, mesh=mesh) if finetune else PPOTrainer(batched, ppo_cfg, mesh=mesh)
         curve: list[dict] = []
         log(f"training '{name}' on {len(train_bank)} failure states ({ppo_cfg.num_iterations} iterations; the first compiles)")
-        with _Progress(console, f"{args.method}/{name}", ppo_cfg.num_iterations) as bar:
+        with TrainingProgress(console, f"{args.method}/{name}", ppo_cfg.num_iterations) as bar:
             def on_metrics(it: int, m: dict, _name=name, _curve=curve, _bar=bar) -> None:
                 _curve.append(m)
                 _bar.update(it, m)

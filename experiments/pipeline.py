@@ -11,10 +11,10 @@ from pathlib import Path
 import jax
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tensorboardX import SummaryWriter
 
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
+from experiments.training_progress import TrainingProgress
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
@@ -126,12 +126,10 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                                randomization=randomization)
         trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
         curve = []
-        with _progress(name, ppo_cfg.num_iterations) as (progress, bar):
+        with TrainingProgress(console, name, ppo_cfg.num_iterations, disable=jax.process_index() != 0) as bar:
             def on_metrics(it: int, m: dict, _name=name, _bar=bar, _curve=curve) -> None:
                 _curve.append(m)
-                progress.update(_bar, completed=it, sps=m["sps"])
-                if m.get("episode/count", 0) > 0:  # otherwise keep the last finished episodes' values
-                    progress.update(_bar, ret=m.get("episode/sum_reward", float("nan")), succ=m.get("episode/success", float("nan")))
+                _bar.update(it, m)
                 if writer is not None:
                     for k, v in m.items():
                         if np.isfinite(v):  # episode means are NaN in iterations where no episode ended
@@ -212,23 +210,3 @@ def _fmt(r: dict) -> str:
     return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] n={r['trials']}"
 
 
-class _progress:
-    """A rich progress bar showing env steps/s, mean episode return and success rate."""
-
-    def __init__(self, name: str, total: int):
-        self.progress = Progress(
-            TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[sps]:>8.0f} steps/s"), TextColumn("return {task.fields[ret]:7.2f}"),
-            TextColumn("success {task.fields[succ]:5.1%}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, disable=jax.process_index() != 0,
-        )
-        self.total = total
-
-    def __enter__(self):
-        self.progress.start()
-        bar = self.progress.add_task(self.total, total=self.total, sps=0.0, ret=float("nan"), succ=float("nan"))
-        return self.progress, bar
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-        return False

@@ -1,0 +1,70 @@
+"""The PPO progress bar shared by the main job and the baselines: steps/s, and return and success over the
+most recent finished episodes with their count.
+
+Each iteration's metrics hold the means over the episodes that ended in it, often none or one (stack: 128
+envs x 300-step episodes end about one episode per iteration). Showing the last iteration's mean read
+"success 100.0%" for a policy whose only early episode was a lucky short one and that then never succeeded
+(held-out 0.8%); the bar now pools the last `window` finished episodes and says how many that is.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class RecentEpisodes:
+    """Episode-count-weighted means of return and success over at least the last `window` finished episodes."""
+
+    def __init__(self, window: int = 256):
+        self.window = window
+        self.batches: deque[tuple[float, float, float]] = deque()  # (episodes, sum of returns, successes)
+
+    def add(self, metrics: dict) -> None:
+        n = float(metrics.get("episode/count", 0.0) or 0.0)
+        if n <= 0:
+            return
+        self.batches.append((n, n * float(metrics["episode/sum_reward"]), n * float(metrics["episode/success"])))
+        while len(self.batches) > 1 and self.count - self.batches[0][0] >= self.window:
+            self.batches.popleft()
+
+    @property
+    def count(self) -> int:
+        return int(sum(b[0] for b in self.batches))
+
+    def means(self) -> tuple[float, float]:
+        """(mean return, success rate); NaN before any episode has finished."""
+        n = sum(b[0] for b in self.batches)
+        if n == 0:
+            return float("nan"), float("nan")
+        return sum(b[1] for b in self.batches) / n, sum(b[2] for b in self.batches) / n
+
+
+class TrainingProgress:
+    """`with TrainingProgress(console, name, iterations) as bar: ... bar.update(it, metrics)`."""
+
+    def __init__(self, console: Console, name: str, total: int, disable: bool = False, window: int = 256):
+        self.progress = Progress(
+            TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[sps]:>8.0f} steps/s"), TextColumn("return {task.fields[ret]:7.2f}"),
+            TextColumn("success {task.fields[succ]:5.1%} of last {task.fields[n]} episodes"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=disable,
+        )
+        self.total = total
+        self.recent = RecentEpisodes(window)
+
+    def __enter__(self) -> "TrainingProgress":
+        self.progress.start()
+        self.bar = self.progress.add_task("train", total=self.total, sps=0.0, ret=float("nan"), succ=float("nan"), n=0)
+        return self
+
+    def update(self, iteration: int, metrics: dict) -> None:
+        self.recent.add(metrics)
+        ret, succ = self.recent.means()
+        self.progress.update(self.bar, completed=iteration, sps=metrics["sps"], ret=ret, succ=succ, n=self.recent.count)
+
+    def __exit__(self, *exc) -> bool:
+        self.progress.stop()
+        return False

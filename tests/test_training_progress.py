@@ -1,0 +1,33 @@
+"""The training progress bar pools recent finished episodes instead of showing one iteration's few."""
+
+import math
+
+from rich.console import Console
+
+from experiments.training_progress import RecentEpisodes, TrainingProgress
+
+
+def _m(count, ret=0.0, success=0.0):
+    return {"episode/count": count, "episode/sum_reward": ret, "episode/success": success, "sps": 1.0}
+
+
+def test_recent_episodes_weight_by_count_and_forget_beyond_the_window():
+    recent = RecentEpisodes(window=10)
+    assert math.isnan(recent.means()[1]) and recent.count == 0
+    recent.add(_m(1, ret=12.0, success=1.0))  # one lucky early episode ...
+    recent.add({"episode/count": 0, "episode/sum_reward": float("nan"), "episode/success": float("nan"), "sps": 1.0})
+    recent.add(_m(3, ret=-5.0, success=0.0))  # ... then failures: not "100%" any more
+    ret, succ = recent.means()
+    assert recent.count == 4 and succ == 0.25 and ret == (12.0 - 15.0) / 4
+    for _ in range(5):
+        recent.add(_m(4, success=0.5))
+    assert recent.means()[1] == 0.5 and 10 <= recent.count < 14  # the early batches dropped out
+
+
+def test_training_progress_bar_shows_the_pooled_rate():
+    console = Console(record=True, width=200, force_terminal=False)
+    with TrainingProgress(console, "mode", total=3) as bar:
+        bar.update(1, _m(1, success=1.0))
+        bar.update(2, _m(3, success=0.0))
+        task = bar.progress.tasks[0]
+        assert task.fields["succ"] == 0.25 and task.fields["n"] == 4 and task.completed == 2

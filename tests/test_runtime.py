@@ -412,3 +412,12 @@ def test_numpy_twins_match_jax():
     for f in DrawerTask.obs_fields:
         assert drawer_rules.OBS[f.name].start == start
         start += f.size
+
+
+def test_evaluate_refuses_a_residual_cap_that_is_not_positive():
+    from experiments.evaluate import build_parser
+
+    assert build_parser().parse_args(["--run=r", "--max-residual-norm=1e-6"]).max_residual_norm == 1e-6
+    for bad in ("0", "-1", "inf", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--run=r", f"--max-residual-norm={bad}"])

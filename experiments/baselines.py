@@ -193,8 +193,6 @@ def evaluate_nominal(task, cond: dict, modes: list[str], per_mode: int, seed: in
             "base": _pooled([v["base"] for v in per.values()])}
 
 
-
-
 # ------------------------------------------------------------------------------------------- methods
 def run_baseline(args: argparse.Namespace) -> dict:
     import jax

@@ -208,5 +208,3 @@ def _merge(banks: list[FailureBank]) -> FailureBank:
 
 def _fmt(r: dict) -> str:
     return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] n={r['trials']}"
-
-

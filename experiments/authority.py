@@ -7,7 +7,9 @@ For each mode and alpha, the residual r = clip((expert - base) / alpha) steers t
 the scripted expert as a residual of that scale can (recovla_jax.evaluation.authority). Next to the run's
 ReCoVLA cell it tells whether a mode failed because no residual of the run's scale could recover it or
 because PPO did not learn to. Runs on the nominal model under the run's observation noise, latency and
-start jitter. Prints a table and writes <run>/authority.json (or --out).
+start jitter. With hand-back (the run's setting unless `--hand-back=on|off`) the guidance acts only while the
+task's failure label names a failure and the base finishes alone, the ceiling of a hand-back residual.
+Prints a table and writes <run>/authority.json (or --out).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--states", type=int, default=64, help="bank states per mode (the first ones of the split)")
     p.add_argument("--split", choices=["train", "heldout"], default="heldout")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hand-back", choices=["run", "on", "off"], default="run",
+                   help="guide only while the failure label names a failure, then the base alone (as `train --hand-back`); "
+                        "default: as the run was trained")
+    p.add_argument("--hand-back-delay", type=int, default=None, metavar="STEPS",
+                   help="guidance kept this many steps after the failure label clears (default: the run's)")
     p.add_argument("--out", default=None, help="output JSON (default <run>/authority.json)")
     return p
 
@@ -34,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if any(a <= 0 for a in args.alphas):
         raise SystemExit(f"--alphas must all be > 0, got {args.alphas}")
+    if args.hand_back_delay is not None and args.hand_back_delay < 0:
+        raise SystemExit(f"--hand-back-delay must be >= 0, got {args.hand_back_delay}")
     if args.states < 1:
         raise SystemExit(f"--states must be >= 1, got {args.states}")
     from recovla_jax.utils.jax_setup import configure_jax
@@ -64,10 +73,13 @@ def main(argv: list[str] | None = None) -> dict:
     bank = FailureBank.load(info["bank_dir"])
     weights = np.zeros((len(task.failure_modes), len(component_names(task))), np.float32)  # rewards are not used
     trained = (results or {}).get("modes", {})
+    hand_back = bool(config.get("hand_back", False)) if args.hand_back == "run" else args.hand_back == "on"
+    delay = int(config.get("hand_back_delay", 0) or 0) if args.hand_back_delay is None else args.hand_back_delay
     record = {"run": str(Path(args.run).absolute()), "task": task.name, "run_alpha": float(config["alpha"]),
-              "split": args.split, "conditions": {k: cond[k] for k in ("obs_noise", "latency_prob", "start_jitter_m")},
+              "split": args.split, "hand_back": hand_back, "hand_back_delay": delay, "conditions": {k: cond[k] for k in ("obs_noise", "latency_prob", "start_jitter_m")},
               "domain_randomization": False, "modes": {}}
-    table = Table(title=f"{task.name}: expert-guided residual success ({args.split} states, nominal model)")
+    table = Table(title=f"{task.name}: expert-guided residual success ({args.split} states, nominal model"
+                        + (f", hand-back after {delay} steps)" if hand_back else ")"))
     table.add_column("mode")
     for a in args.alphas:
         table.add_column(f"alpha {a:g}")
@@ -81,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     cells: dict[str, dict] = {m: {} for m, pos in positions.items() if len(pos)}
     for a in args.alphas:  # one env and one compiled rollout per scale, shared by every mode
         env = ResidualEnv(task, base, split, weights, alpha=a, start_noise=cond["start_jitter_m"],
-                          obs_noise=cond["obs_noise"], latency_prob=cond["latency_prob"])
+                          obs_noise=cond["obs_noise"], latency_prob=cond["latency_prob"], hand_back=hand_back,
+                          hand_back_delay=delay)
         rollout = expert_guided_rollout(env, int(config["episode_length"]))
         for m in cells:
             first = positions[m][: args.states]  # a mode's first n split states, in bank order

@@ -261,7 +261,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
         kw = dict(start_noise=start_noise, obs_noise=float(config["obs_noise"]), latency_prob=float(config["latency_prob"]))
         if finetune:
             return FinetuneEnv(task, base, b, weights, **kw)
-        return ResidualEnv(task, base, b, weights, alpha=float(config["alpha"]), **kw)
+        # A residual baseline hands back to the base exactly when the run's residuals do (`train --hand-back`).
+        return ResidualEnv(task, base, b, weights, alpha=float(config["alpha"]), hand_back=bool(config.get("hand_back", False)), **kw)
 
     ppo_kw = dict(num_envs=budget["num_envs"], unroll_length=int(config["unroll_length"]),
                   total_timesteps=budget["timesteps_per_policy"], seed=int(config["seed"]),
@@ -353,40 +354,17 @@ def run_baseline(args: argparse.Namespace) -> dict:
 
 def _nominal_of_run(run: Path, task, base, usable: list[str], cond: dict, per_mode: int, seed: int, log) -> dict:
     """Nominal success of the run's own residual policies (policies/<name>.json + their latest checkpoints)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from recovla_jax.export.run_reader import load_bundles, read_residual_checkpoint
-    from recovla_jax.policies.networks import MLP
+    from recovla_jax.evaluation.run_policies import load_run_policies
     from recovla_jax.training.residual_env import ResidualEnv
 
-    bundles = load_bundles(run)
-    first = next(iter(bundles.values()))
-    weights = np.asarray(first["weights_per_mode"], np.float32)
-    alpha = float(first["alpha"])
-    hidden = tuple(first["actor"]["hidden"])
-    max_abs = float(first.get("normalizer_max_abs", 10.0))
-    normalize = bool(first.get("normalize_obs", True))
-    for b in bundles.values():
-        if (b["weights_per_mode"], b["alpha"], tuple(b["actor"]["hidden"])) != (first["weights_per_mode"], first["alpha"], hidden):
-            raise SystemExit(f"{run}: policy bundles differ in weights, alpha or network; evaluate them one at a time")
-    params_for_mode = {}
-    for name, b in bundles.items():
-        ck = read_residual_checkpoint(run / b["checkpoint_dir"])
-        p = {"actor": ck.actor_params, "mean": jnp.asarray(ck.mean), "std": jnp.asarray(ck.std)}
-        for m in b["modes"]:
-            params_for_mode[m] = p
-        log(f"{name}: checkpoint step {ck.step} serves {b['modes']}")
-    modes = [m for m in usable if m in params_for_mode]
-    actor = MLP(hidden, 7, zero_init_last=True)
-
-    def apply(p, obs):
-        z = jnp.clip((obs - p["mean"]) / p["std"], -max_abs, max_abs) if normalize else obs
-        return actor.apply(p["actor"], z)
-
-    env_fn = lambda b: ResidualEnv(task, base, b, weights, alpha=alpha, start_noise=float(cond["start_jitter_m"]),  # noqa: E731
-                                   obs_noise=float(cond["obs_noise"]), latency_prob=float(cond["latency_prob"]))
-    return evaluate_nominal(task, cond, modes, per_mode, seed, env_fn, apply, params_for_mode, None, log)
+    pol = load_run_policies(run)
+    for name, step in pol.checkpoint_steps.items():
+        log(f"{name}: checkpoint step {step}")
+    modes = [m for m in usable if m in pol.params_for_mode]
+    env_fn = lambda b: ResidualEnv(task, base, b, pol.weights_per_mode, alpha=pol.alpha,  # noqa: E731
+                                   start_noise=float(cond["start_jitter_m"]), obs_noise=float(cond["obs_noise"]),
+                                   latency_prob=float(cond["latency_prob"]), hand_back=bool(cond.get("hand_back", False)))
+    return evaluate_nominal(task, cond, modes, per_mode, seed, env_fn, pol.apply, pol.params_for_mode, None, log)
 
 
 def _finish(record: dict, out: Path, t0: float, log) -> dict:

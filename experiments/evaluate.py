@@ -6,7 +6,8 @@
 Starts every held-out failure-bank state (split == heldout) on the native MuJoCo robot (C MuJoCo, not
 MJX) under per-episode randomized dynamics, observation noise and action latency drawn from a held-out
 seed, and reports success per failure mode (Wilson 95% CI, n) for the base alone, the recovery policy
-applied for the whole episode (the MJX protocol), and the full runtime (monitor, oracle or rules
+as the MJX evaluation applied it (the whole episode; for a `train --hand-back` run, exactly the steps the
+simulator labels a failure), and the full runtime (monitor, oracle or rules
 selector, switching, safety), next to the MJX success of the same policies from RUN/results.json, plus
 nominal-task success with the runtime on vs the base alone. Writes sim2sim.json and sim2sim.md into
 --out (default RUN/sim2sim). Uses RUN/export (run `python -m experiments.export` first; if it is
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     results.update({
         "task": manifest.task, "run_dir": str(run.absolute()), "export_dir": str(export_dir.absolute()),
         "max_steps": evaluator.max_steps, "rate_hz": manifest.control.rate_hz, "wall_seconds": time.time() - t0,
+        "hand_back": evaluator.hand_back,
         "config": {"backend": args.backend, "base": args.base, "seed": args.seed,
                    "episodes_per_mode": args.episodes_per_mode, "nominal_episodes": args.nominal_episodes,
                    "dynamics": dynamics.model_dump(mode="json"), "monitor": cfg.monitor.model_dump(),

@@ -56,6 +56,10 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         args.episode_length = task_class(args.task).config_cls().episode_length
     task = get_task(args.task, {"episode_length": args.episode_length})
     check_reward_weights(task, getattr(args, "reward_weight", None) or [])
+    hand_back = bool(getattr(args, "hand_back", False))
+    delay = int(getattr(args, "hand_back_delay", 0) or 0)
+    if delay < 0 or (delay and not hand_back):
+        raise SystemExit(f"--hand-back-delay must be >= 0 and needs --hand-back, got {delay}")
     wanted = getattr(args, "modes", None) or tuple(task.failure_modes)
     unknown = [m for m in wanted if m not in task.failure_modes]
     if unknown:
@@ -112,6 +116,9 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                         seed=args.seed, checkpoint_every=args.checkpoint_every, learning_rate=args.learning_rate,
                         entropy_coef=args.entropy_coef, gamma=args.gamma, init_log_std=args.init_log_std)
     mesh = make_mesh() if jax.device_count() > 1 else None
+    if hand_back:
+        log(f"--hand-back: each residual acts while the failure label names a failure and {delay} steps after; "
+            "the base drives alone elsewhere")
     groups = {m: [m] for m in usable} if args.policy == "per-mode" else {"conditioned": usable}
     metrics_path = run_dir / "metrics.jsonl"
     writer = SummaryWriter(str(run_dir / "tensorboard")) if jax.process_index() == 0 else None
@@ -121,7 +128,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     for name, modes in groups.items():
         train_bank = _merge([bank.select(m, "train") for m in modes])
         env = ResidualEnv(task, base, train_bank, weights, alpha=args.alpha,
-                          obs_noise=args.obs_noise, latency_prob=args.latency_prob)
+                          obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
+                          hand_back_delay=delay)
         batched = wrap_batched(env, ppo_cfg.num_envs, args.episode_length, rng=jax.random.PRNGKey(args.seed + 1),
                                randomization=randomization)
         trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
@@ -150,7 +158,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     eval_random = None if args.no_randomization else DomainRandomization()
     held = _merge([bank.select(m, "heldout") for m in usable])
     eval_env = ResidualEnv(task, base, held, weights, alpha=args.alpha,
-                          obs_noise=args.obs_noise, latency_prob=args.latency_prob)
+                           obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
+                           hand_back_delay=delay)
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all)
     evaluator = RecoveryEvaluator(eval_env, apply, args.episode_length, seed=10_000 + args.seed, randomization=eval_random)
     log(f"evaluating on {len(held)} held-out failure states (base alone and ReCoVLA; the first call compiles)")
@@ -169,6 +178,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     results["eval_conditions"] = {"states": "held-out failure-bank states (never trained on)", "episode_length": args.episode_length,
                                   "domain_randomization": eval_random is not None, "obs_noise": args.obs_noise,
                                   "latency_prob": args.latency_prob, "start_jitter_m": eval_env.start_noise,
+                                  "hand_back": hand_back, "hand_back_delay": delay,
                                   "seed": 10_000 + args.seed}
     results["bank"] = {"counts": counts, "collection": bank.meta.get("collection", {})}
     results["base_policy"] = {"name": base.name, "nominal_success": base.info.get("nominal_success")}

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
-    """(method key, label) of a main-job run: wrong-mask, oracle-mask or recovla-<selector>[-conditioned]."""
+    """(method key, label) of a main-job run: wrong-mask, oracle-mask or recovla-<selector>[-conditioned][-handback]."""
     results = results or {}
     if config.get("mask") == "wrong" or results.get("mask") == "wrong":
         key, label = "wrong-mask", FIXED_LABELS["wrong-mask"]
@@ -74,6 +74,8 @@ def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
         key, label = f"recovla-{selector}", f"ReCoVLA ({selector})"
     if (results.get("policy") or config.get("policy")) == "conditioned":
         key, label = f"{key}-conditioned", f"{label}, conditioned"
+    if config.get("hand_back") or (results.get("eval_conditions") or {}).get("hand_back"):
+        key, label = f"{key}-handback", f"{label}, hand-back"
     return key, label
 
 

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs-noise", type=float, default=0.001, help="Gaussian observation noise std in training and evaluation")
     p.add_argument("--latency-prob", type=float, default=0.5,
                    help="share of episodes with one control step of action latency (training and evaluation)")
+    p.add_argument("--hand-back", action="store_true",
+                   help="the residual acts only while the task's failure label names a failure; elsewhere the base drives "
+                        "alone (as the robot runtime hands back), in training and evaluation; success stays the whole task's")
+    p.add_argument("--hand-back-delay", type=int, default=0, metavar="STEPS",
+                   help="with --hand-back: the residual keeps control this many steps after the failure label clears")
     p.add_argument("--residual-penalty", type=float, default=None, help="override the mask's residual_magnitude weight")
     p.add_argument("--reward-weight", action="append", default=[], type=reward_weight_arg, metavar="COMPONENT=WEIGHT",
                    help="set one reward component's weight in every mode's mask (repeatable; 0 drops it): an ablation "

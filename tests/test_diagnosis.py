@@ -548,6 +548,10 @@ def test_main_job_refuses_unknown_modes_and_components_before_any_work(tmp_path)
         main(["--task=drawer", "--modes=missed_handle,nope", f"--run-dir={run_dir}"])
     with pytest.raises(SystemExit, match="--reward-weight: unknown component 'knock'"):
         main(["--task=drawer", "--reward-weight=knock=1", f"--run-dir={run_dir}"])
+    with pytest.raises(SystemExit, match="--hand-back-delay must be >= 0 and needs --hand-back"):
+        main(["--task=drawer", "--hand-back-delay=20", f"--run-dir={run_dir}"])
+    with pytest.raises(SystemExit, match="--hand-back-delay must be >= 0"):
+        main(["--task=drawer", "--hand-back", "--hand-back-delay=-1", f"--run-dir={run_dir}"])
     assert not run_dir.exists()  # nothing written, no base cloned
 
 

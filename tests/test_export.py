@@ -158,3 +158,27 @@ def test_load_run_base_rebuilds_the_runs_frozen_base(fake_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(base(obs)), np.asarray(make_bc_apply(HIDDEN, 7)(params, obs)))
     with pytest.raises(RunDirError, match="base_policy"):
         load_run_base(tmp_path)
+
+
+def test_run_policies_load_back_as_the_exported_residuals(fake_run, fake_export):
+    """`load_run_policies` (later MJX evaluations of a finished run) gives every mode the residual its ONNX
+    export computes: the latest checkpoint, the normalizer and alpha, through an independent path."""
+    import jax.numpy as jnp
+
+    from recovla_jax.evaluation.run_policies import load_run_policies
+    from recovla_jax.export.run_reader import read_bank
+    from recovla_jax.runtime.onnx_policy import PolicyLibrary
+    from tests._fake_run import POLICIES, STEPS
+
+    pol = load_run_policies(fake_run)
+    assert set(pol.params_for_mode) == {m for ms in POLICIES.values() for m in ms}
+    assert pol.checkpoint_steps == {name: STEPS[-1] for name in POLICIES}
+    library = PolicyLibrary(fake_export, load_manifest(fake_export))
+    obs = read_bank(fake_run).arrays["obs"][:4]
+    rng = np.random.default_rng(0)
+    for mode, params in pol.params_for_mode.items():
+        for state in obs:
+            base_action = rng.uniform(-1, 1, 7)
+            x = library[mode].residual_obs(state, base_action, mode)
+            ours = pol.alpha * np.tanh(np.asarray(pol.apply(params, jnp.asarray(x[None])))[0])
+            np.testing.assert_allclose(ours, library[mode].residual(state, base_action, mode), atol=1e-5)

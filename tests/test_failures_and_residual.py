@@ -103,6 +103,50 @@ def test_residual_at_init_reproduces_base_exactly(drawer_task, drawer_env, drawe
     np.testing.assert_allclose(np.asarray(nxt.obs[:n_obs]), np.asarray(plain.obs), atol=1e-6)
 
 
+def test_hand_back_residual_acts_only_while_the_failure_label_names_a_failure(drawer_task, drawer_env, drawer_base_policy):
+    """With hand_back the residual reaches the robot only in states the task labels as failures; elsewhere the
+    executed action is the base's bit for bit, and `residual_active` tells PPO which steps the residual drove."""
+    resets = jax.jit(jax.vmap(drawer_env.reset))(jax.random.split(jax.random.PRNGKey(5), 4))
+    misaligned = drawer_task.failure_modes.index("misaligned_gripper")
+    injected = jax.jit(jax.vmap(lambda d, k: drawer_task.inject(drawer_env.sys, d, jnp.asarray(misaligned), k)))(
+        resets.pipeline_state, jax.random.split(jax.random.PRNGKey(6), 4))
+    labels, _ = jax.vmap(drawer_task.label)(jax.vmap(drawer_task.privileged, in_axes=(None, 0))(drawer_env.sys, injected))
+    nominal_labels, _ = jax.vmap(drawer_task.label)(
+        jax.vmap(drawer_task.privileged, in_axes=(None, 0))(drawer_env.sys, resets.pipeline_state))
+    arrays = {k: np.concatenate([np.asarray(getattr(resets.pipeline_state, k)), np.asarray(getattr(injected, k))])
+              for k in STATE_FIELDS}
+    arrays.update(obs=np.zeros((8, drawer_task.observation_size), np.float32), mode=np.full(8, misaligned, np.int32),
+                  stage=np.zeros(8, np.int32), split=np.zeros(8, np.int32), t_inject=np.zeros(8, np.int32))
+    bank = FailureBank(drawer_task.name, drawer_task.failure_modes, drawer_task.recovery_stages, arrays, {})
+    expected_active = np.concatenate([np.asarray(nominal_labels), np.asarray(labels)]) >= 0
+    assert expected_active[4:].any() and not expected_active[:4].any(), (nominal_labels, labels)
+    weights = np.ones((3, len(component_names(drawer_task))), np.float32)
+    kw = dict(alpha=0.5, start_noise=0.0, obs_noise=0.0, latency_prob=0.0)
+    env = ResidualEnv(drawer_task, drawer_base_policy, bank, weights, hand_back=True, **kw)
+    always = ResidualEnv(drawer_task, drawer_base_policy, bank, weights, **kw)
+    reset_to, step = jax.jit(env.reset_to), jax.jit(env.step)
+    push = jnp.full(7, 3.0)
+    for i in range(8):
+        state = reset_to(jnp.asarray(i), jax.random.PRNGKey(0))
+        assert float(state.info["residual_active"]) == float(expected_active[i])
+        assert float(always._hand_back_info(state.pipeline_state, jnp.zeros((), jnp.int32))["residual_active"]) == 1.0
+        pushed, idle = step(state, push), step(state, jnp.zeros(7))
+        moved = not np.array_equal(np.asarray(pushed.pipeline_state.qpos), np.asarray(idle.pipeline_state.qpos))
+        assert moved == bool(expected_active[i]), i
+        assert float(jnp.abs(pushed.info["residual"]).max()) == (float(jnp.tanh(3.0)) if expected_active[i] else 0.0)
+    # hand_back_delay: from a nominal state the residual keeps control for `delay` more steps, then hands back
+    delayed = ResidualEnv(drawer_task, drawer_base_policy, bank, weights, hand_back=True, hand_back_delay=2, **kw)
+    state = jax.jit(delayed.reset_to)(jnp.asarray(0), jax.random.PRNGKey(0))
+    step = jax.jit(delayed.step)
+    seen = []
+    for _ in range(4):
+        seen.append((int(state.info["clear_steps"]), float(state.info["residual_active"])))
+        state = step(state, jnp.zeros(7))  # the base drives a nominal start: no failure label appears
+    assert seen == [(1, 1.0), (2, 1.0), (3, 0.0), (4, 0.0)], seen
+    with pytest.raises(ValueError, match="hand_back_delay must be >= 0"):
+        ResidualEnv(drawer_task, drawer_base_policy, bank, weights, hand_back=True, hand_back_delay=-1, **kw)
+
+
 def test_recovery_evaluator_is_per_state_deterministic_and_zero_residual_equals_base(drawer_task, residual_setup):
     """One compiled evaluation program: a state's outcome does not depend on its batch or padding (its model
     and noise key follow the state index), and a zero residual gives exactly the base-alone outcome."""

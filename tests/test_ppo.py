@@ -246,3 +246,38 @@ def test_auto_reset_resamples_starts_and_restores_episode_info():
     np.testing.assert_array_equal(s.obs, fresh.obs)  # restarted from the redrawn starts ...
     np.testing.assert_array_equal(s.info["tag"], fresh.info["tag"])  # ... with their own episode info
     assert not np.array_equal(fresh.info["tag"], s0.info["tag"])
+
+
+def test_policy_loss_ignores_steps_the_residual_did_not_drive():
+    """Hand-back: steps with active == 0 (the base drove alone) change neither the policy loss, its advantage
+    normalisation nor the KL estimate; the critic still learns from them."""
+    cfg = small_cfg()
+    trainer = make_trainer(cfg)
+    ts = trainer.init(jax.random.PRNGKey(3))
+    k = jax.random.split(jax.random.PRNGKey(4), 5)
+    n, extra = 16, 8
+
+    def batch(rows: int, key_offset: int, active: float) -> dict:
+        kk = jax.random.split(k[key_offset], 5)
+        return {"obs": jax.random.normal(kk[0], (rows, trainer.obs_size)), "action": jax.random.normal(kk[1], (rows, 2)),
+                "log_prob": -2.0 + 0.1 * jax.random.normal(kk[2], (rows,)), "advantage": jax.random.normal(kk[3], (rows,)),
+                "target": jax.random.normal(kk[4], (rows,)), "active": jnp.full((rows,), active)}
+
+    driven = batch(n, 0, 1.0)
+    ignored = batch(extra, 1, 0.0)
+    ignored["advantage"] = 100.0 * ignored["advantage"] + 50.0  # would dominate the normalisation if counted
+    both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), driven, ignored)
+    _, alone = trainer._loss(ts.params, ts.normalizer, driven)
+    _, mixed = trainer._loss(ts.params, ts.normalizer, both)
+    for key in ("policy_loss", "approx_kl", "entropy"):
+        np.testing.assert_allclose(float(mixed[key]), float(alone[key]), rtol=1e-5, atol=1e-7)
+    assert abs(float(mixed["value_loss"]) - float(alone["value_loss"])) > 1e-3
+    # with every step driven the loss is plain PPO: the unweighted normalisation and mean
+    full = dict(driven, active=jnp.ones((n,)))
+    adv = (full["advantage"] - full["advantage"].mean()) / (full["advantage"].std() + 1e-8)
+    mean = trainer.actor.apply(ts.params["actor"], trainer._normalize(ts.normalizer, full["obs"]))
+    from recovla_jax.training.ppo import _gaussian_log_prob
+
+    ratio = jnp.exp(_gaussian_log_prob(full["action"], mean, ts.params["log_std"]) - full["log_prob"])
+    expected = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv))
+    np.testing.assert_allclose(float(trainer._loss(ts.params, ts.normalizer, full)[1]["policy_loss"]), float(expected), rtol=1e-5)

@@ -167,6 +167,37 @@ def test_runtime_switches_on_diagnosis_and_back_on_progress(fake_export, caplog)
     assert all(off.step(_obs()).sum() == 0 for _ in range(30)) and not off.events
 
 
+def test_hand_back_policy_is_released_as_soon_as_the_selector_sees_no_failure(fake_export):
+    """A policy exported from a `train --hand-back` run drives only while the selector names a failure (as in
+    MJX training); a policy without the flag keeps control until success, progress or a stall."""
+    m = load_manifest(fake_export)
+    res = np.array([0.1, 0, 0, 0, 0, 0, 0])
+    for hand_back in (True, False):
+        policy = StubPolicy([res] * 100)
+        policy.entry = SimpleNamespace(name="stub", hand_back=hand_back)
+        rt, sel = _runtime(m, {"missed_handle": policy}, confirm_checks=1)
+        assert rt.step(_obs())[0] == pytest.approx(0.1) and rt.mode == "missed_handle"  # start check: recovery at once
+        assert rt.step(_obs())[0] == pytest.approx(0.1)  # the failure persists: the residual keeps driving
+        sel.set_label(None)
+        a = rt.step(_obs())
+        if hand_back:
+            assert rt.mode is None and a[0] == 0.0
+            assert "sees no failure" in rt.events[-1].detail["reason"]
+            sel.set_label("missed_handle")  # the base-mode triggers re-engage it: the periodic check at step 20
+            acts = [rt.step(_obs())[0] for _ in range(17)]  # steps 4..20 (no progress since step 1)
+            assert rt.mode == "missed_handle" and acts[-1] == pytest.approx(0.1) and not any(acts[:-1])
+        else:
+            assert rt.mode == "missed_handle" and a[0] == pytest.approx(0.1)
+    # hand_back_delay: the policy keeps control while the selector has seen no failure for up to `delay` steps
+    policy = StubPolicy([res] * 100)
+    policy.entry = SimpleNamespace(name="stub", hand_back=True, hand_back_delay=3)
+    rt, sel = _runtime(m, {"missed_handle": policy}, confirm_checks=1)
+    rt.step(_obs())
+    sel.set_label(None)
+    acts = [rt.step(_obs())[0] for _ in range(5)]
+    assert acts == [pytest.approx(0.1)] * 3 + [0.0, 0.0] and rt.mode is None
+
+
 def test_monitor_triggers():
     mon = FailureMonitor(MonitorConfig(stall_steps=5, check_every=4, timeout_steps=12), success_threshold=0.15)
     got = []

@@ -5,7 +5,8 @@ the native MuJoCo robot with its own randomized dynamics (the same draw for ever
 seed disjoint from training's):
   base            the ONNX base policy alone (through the runtime's safety layer, recovery disabled)
   policy          the recovery residual of the state's mode applied from the first step to the end, as the
-                  MJX evaluation did (isolates the simulator/dynamics gap)
+                  MJX evaluation did (isolates the simulator/dynamics gap); for policies trained with
+                  hand-back, applied in exactly the steps the simulator labels a failure, as in MJX
   runtime_oracle  the full runtime: monitor -> oracle selector (the simulator's label of the current
                   native state) -> recovery policy -> back to base on progress/success
   runtime_rules   the same with the rules-based selector on the (noisy) observation
@@ -47,6 +48,11 @@ STATE_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")  # a bank row
 # The whole-episode residual arm: recovery from the first step, never handed back, never re-diagnosed.
 POLICY_MONITOR = MonitorConfig(check_on_start=True, check_every=0, stall_steps=10_000, release_on="success",
                                recovery_stall_steps=10_000, confirm_checks=1)
+# The same arm for policies trained with hand-back (MJX `ResidualEnv(hand_back=True)`): the state's own
+# mode's residual acts in exactly the steps where the simulator labels the native state a failure.
+HAND_BACK_POLICY_MONITOR = MonitorConfig(check_on_start=True, check_every=1, periodic_requires_stall=False, confirm_checks=1,
+                                         stall_steps=10_000, release_on="success", recovery_stall_steps=10_000,
+                                         hand_back_check_every=1)
 
 
 @dataclass
@@ -136,13 +142,16 @@ class Sim2SimEvaluator:
         clock = lambda: self.robot.time  # noqa: E731  (simulated time: observations are never stale here)
         self.fixed = OracleSelector()
         selectors: dict[str, Selector] = {"oracle": OracleSelector(self.robot.privileged_mode), "rules": rules}
+        self.hand_back = any(p.hand_back for p in manifest.recovery_policies)
+        # hand-back policy arm: the state's mode (self.fixed) while the simulator labels any failure, else none
+        gated = FunctionSelector("oracle-gated", lambda obs: self.fixed.label if self.robot.privileged_mode() is not None else None)
 
         def rt(selector: Selector, monitor: MonitorConfig, enabled: bool = True) -> RecoveryRuntime:
             return RecoveryRuntime(manifest, base, self.library, selector, monitor, safety, clock, enabled)
 
         self.runtimes = {
             "base": rt(self.fixed, cfg.monitor, enabled=False),
-            "policy": rt(self.fixed, POLICY_MONITOR),
+            "policy": rt(gated, HAND_BACK_POLICY_MONITOR) if self.hand_back else rt(self.fixed, POLICY_MONITOR),
             "runtime_oracle": rt(selectors["oracle"], cfg.monitor),
             "runtime_rules": rt(selectors["rules"], cfg.monitor),
         }
@@ -268,8 +277,10 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         f"damping x{c['dynamics']['damping']}, actuator gain x{c['dynamics']['actuator_gain']}, observation noise "
         f"{c['dynamics']['obs_noise_std']}, action latency {c['dynamics']['action_latency_steps']} steps, start jitter "
         f"{c['dynamics']['start_noise']} m",
-        "- arms: `base` alone; `policy` = residual on for the whole episode (the MJX protocol); `runtime` = monitor + "
-        "selector (oracle: simulator label of the native state; rules: observation) + switching + safety",
+        "- arms: `base` alone; `policy` = the residual as MJX evaluated it (" + ("hand-back: on exactly while the simulator "
+        "labels a failure" if results.get("hand_back") else "on for the whole episode") + "); `runtime` = monitor + "
+        "selector (oracle: simulator label of the native state; rules: observation) + switching + safety"
+        + (" (hand-back policies: released as soon as the selector sees no failure)" if results.get("hand_back") else ""),
         "",
         "## Recovery from held-out failure states (Wilson 95% CI)",
         "",

@@ -195,7 +195,9 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         _log_parity(log, fname, par)
         entries.append({
             "name": name, "file": fname, "sha256": sha256_file(out_dir / fname), "modes": list(b["modes"]),
-            "alpha": alpha, "checkpoint_step": ckpt.step, "descriptors": b.get("descriptors", {}),
+            "alpha": alpha, "hand_back": bool(b.get("hand_back", False)), "hand_back_delay": int(b.get("hand_back_delay", 0)),
+            "checkpoint_step": ckpt.step,
+            "descriptors": b.get("descriptors", {}),
             "descriptor_features": feats,
             "formula": (f"residual = {alpha} * tanh(actor(clip((x - mean) / std, -{max_abs}, {max_abs}))); "
                         f"action = clip(x[{obs_size}:{obs_size + act['size']}] + residual, {act['low']}, {act['high']}); "

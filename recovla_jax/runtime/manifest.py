@@ -138,6 +138,10 @@ class RecoveryPolicyEntry(ModelFile):
     name: str
     modes: list[str] = Field(min_length=1)
     alpha: float = Field(gt=0, description="residual scale: residual output = alpha * tanh(actor(normalized obs))")
+    hand_back: bool = Field(False, description="trained to act only while a failure persists: the runtime hands control "
+                                               "back to the base once the selector has seen no failure for "
+                                               "hand_back_delay more steps")
+    hand_back_delay: int = Field(0, ge=0, description="steps a hand-back policy keeps control after the failure clears")
     checkpoint_step: int
     descriptors: dict[str, dict]
     descriptor_features: dict[str, list[float]] = Field(description="mode -> [one-hot, reward weights] block of the residual observation")

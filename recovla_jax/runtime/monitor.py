@@ -6,7 +6,9 @@ only while progress has not moved for `check_every` steps: a drawer that is open
 per-state labels fire transiently during normal grasping and pulling). A diagnosis must repeat
 `confirm_checks` times, `confirm_every` steps apart, before the runtime switches. During a
 recovery: success, or progress resumed (`resume_progress` beyond where recovery started), returns
-control to the base; a recovery that makes no progress for `recovery_stall_steps` is re-diagnosed.
+control to the base; a recovery that makes no progress for `recovery_stall_steps` is re-diagnosed. A policy
+trained with hand-back is also checked every `hand_back_check_every` steps and released once the selector
+sees no failure (the runtime does this; see `RecoveryRuntime.step`).
 Progress is one scalar from the observation (the manifest's `progress` field, e.g. drawer opening).
 """
 
@@ -34,6 +36,9 @@ class MonitorConfig(BaseModel):
     release_on: Literal["progress", "success"] = "success"
     resume_progress: float = Field(0.02, gt=0, description="progress beyond the recovery's start that hands back to base")
     recovery_stall_steps: int = Field(50, ge=1, description="re-diagnose a recovery without progress for N steps")
+    # A policy trained with hand-back (`train --hand-back`) acted only while the failure label named a failure:
+    # the runtime asks the selector every N recovery steps and hands back as soon as it sees none.
+    hand_back_check_every: int = Field(1, ge=1, description="selector checks during a hand-back policy's recovery, every N steps")
 
 
 class FailureMonitor:

@@ -2,7 +2,8 @@
 
 Each control step: watchdog (stale or non-finite observation -> hold, report) -> base action -> failure
 monitor -> (base mode) maybe ask the selector and switch to the recovery policy of the diagnosed mode /
-(recovery mode) hand back to the base on success or resumed progress, re-diagnose a stalled recovery ->
+(recovery mode) hand back to the base on success or resumed progress, or, for a policy trained with
+hand-back, as soon as the selector sees no failure; re-diagnose a stalled recovery ->
 residual -> safety filter -> action. Every switch, diagnosis, safety intervention and watchdog hold is
 an event (structured list, also sent to the `recovla.runtime` logger). Imports no JAX.
 """
@@ -86,6 +87,7 @@ class RecoveryRuntime:
         self.last_grip = -1.0
         self.stale = False
         self.pending: tuple[str, int, int, str] | None = None  # (mode, confirmations, next check step, trigger)
+        self.clear_steps = 0
         self.counts = {"recovery_steps": 0, "watchdog_holds": 0, "safety_interventions": 0}
         self.monitor.reset()
         self.base.reset()
@@ -98,6 +100,7 @@ class RecoveryRuntime:
         frm = self.mode
         self.mode = to
         self.pending = None
+        self.clear_steps = 0  # consecutive steps a hand-back policy's selector checks saw no failure
         if to is not None:
             self.monitor.begin_recovery()
             policy = self.library[to].entry.name
@@ -141,6 +144,14 @@ class RecoveryRuntime:
         else:
             self.pending = (mode, 1, self.t + cfg.confirm_every, trigger)
 
+    def _hand_back_due(self) -> bool:
+        """A hand-back policy is driving (manifest `hand_back`) and its periodic selector check is due. It is
+        released once the checks have seen no failure for more than its `hand_back_delay` steps, as in training."""
+        entry = getattr(self.library[self.mode], "entry", None)
+        if not getattr(entry, "hand_back", False) or self.monitor.succeeded:
+            return False
+        return (self.monitor.t - (self.monitor.recovery_start_t or 0)) % self.monitor.cfg.hand_back_check_every == 0
+
     # ------------------------------------------------------------------------------------------ step
     def step(self, obs: Observation) -> np.ndarray:
         """The 7-D action to execute for this control period."""
@@ -165,6 +176,15 @@ class RecoveryRuntime:
         if self.enabled:
             if self.mode is None:
                 self._base_mode_diagnosis(obs)
+            elif self._hand_back_due():
+                mode = self._diagnose(obs, "hand-back check")
+                self.clear_steps = self.clear_steps + self.monitor.cfg.hand_back_check_every if mode is None else 0
+                delay = getattr(self.library[self.mode].entry, "hand_back_delay", 0)
+                if mode is None and self.clear_steps > delay:
+                    self._switch(None, f"hand-back: selector {self.selector.name} sees no failure"
+                                       + (f" ({self.clear_steps} steps)" if delay else ""))
+                elif mode is not None and mode != self.mode:
+                    self._switch(mode, f"hand-back check: selector {self.selector.name} now says {mode}")
             else:
                 status = self.monitor.recovery_status()
                 if status in ("success", "progress resumed"):

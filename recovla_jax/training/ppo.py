@@ -12,6 +12,12 @@ Truncation: auto-reset overwrites the final observation with the reset one, so t
 `step_with_final_obs` (`sim.wrappers.ResamplingAutoResetWrapper`) also returns the pre-reset observation;
 GAE then bootstraps from V(final obs) on time-limit ends and from 0 on real terminations.
 
+Hand-back: where the env reports `info["residual_active"] == 0` for the state an action was chosen in,
+that action never reached the robot (the frozen base drove alone; `training.residual_env`), so it carries
+no information about the policy: those steps are left out of the policy loss and of the advantage
+normalisation. The critic still learns their values, which carry the base's success back to the steps
+where the residual acted.
+
 Starts: with `resample_starts` each iteration redraws every env's next start state (one batched reset per
 unroll), so training covers the whole failure bank, not just the `num_envs` states of the first reset.
 """
@@ -112,6 +118,7 @@ class Transition(flax.struct.PyTreeNode):
     termination: jax.Array  # done and not a time limit: no bootstrap
     done: jax.Array  # any episode end: cuts the GAE trace
     final_obs: jax.Array  # obs reached by this step before auto-reset (bootstrap target)
+    active: jax.Array  # 1 where the action reached the robot (see "Hand-back" in the module docstring)
 
 
 def _is_stored(shape: tuple[int, ...]) -> bool:
@@ -275,6 +282,7 @@ class PPOTrainer:
                 termination=done * (1.0 - trunc),
                 done=done,
                 final_obs=final_obs,
+                active=env_state.info.get("residual_active", jnp.ones_like(done)),
             )
             return nstate, (tr, nstate.reward, ep_done, ep)
 
@@ -282,7 +290,7 @@ class PPOTrainer:
         env_state, (traj, raw_reward, ep_done, ep) = jax.lax.scan(step, ts.env_state, keys)
         ep_done = ep_done.astype(jnp.float32)
         n_done = jnp.sum(ep_done)
-        metrics = {"reward_mean": jnp.mean(raw_reward), "episode/count": n_done}
+        metrics = {"reward_mean": jnp.mean(raw_reward), "episode/count": n_done, "residual_active": jnp.mean(traj.active)}
         for k, v in ep.items():
             metrics[k] = jnp.where(n_done > 0, jnp.sum(v * ep_done) / jnp.maximum(n_done, 1.0), jnp.nan)
         return env_state, traj, metrics
@@ -309,14 +317,18 @@ class PPOTrainer:
         log_prob = _gaussian_log_prob(batch["action"], mean, log_std)
         log_ratio = log_prob - batch["log_prob"]
         ratio = jnp.exp(log_ratio)
-        adv = batch["advantage"]
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        policy_loss = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv))
+        w = batch["active"]
+        n = jnp.maximum(jnp.sum(w), 1.0)
+        adv_mean = jnp.sum(w * batch["advantage"]) / n
+        adv_std = jnp.sqrt(jnp.sum(w * (batch["advantage"] - adv_mean) ** 2) / n)
+        adv = (batch["advantage"] - adv_mean) / (adv_std + 1e-8)
+        clipped = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
+        policy_loss = -jnp.sum(w * clipped) / n
         value = self.critic.apply(params["critic"], nobs)[..., 0]
         value_loss = 0.5 * jnp.mean((value - batch["target"]) ** 2)
         entropy = jnp.sum(log_std + 0.5 * _LOG_2PI_E)
         loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
-        approx_kl = jnp.mean((ratio - 1.0) - log_ratio)
+        approx_kl = jnp.sum(w * ((ratio - 1.0) - log_ratio)) / n
         return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "approx_kl": approx_kl}
 
     def _train_step(self, ts: TrainingState) -> tuple[TrainingState, dict]:
@@ -333,7 +345,8 @@ class PPOTrainer:
 
         flat = jax.tree.map(
             lambda x: x.reshape((cfg.batch_size,) + x.shape[2:]),
-            {"obs": traj.obs, "action": traj.action, "log_prob": traj.log_prob, "advantage": adv, "target": target},
+            {"obs": traj.obs, "action": traj.action, "log_prob": traj.log_prob, "advantage": adv, "target": target,
+             "active": traj.active.astype(jnp.float32)},
         )
         grad_fn = jax.grad(self._loss, has_aux=True)
 

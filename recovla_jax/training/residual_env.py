@@ -10,6 +10,13 @@ Sensor and controller imperfections of a real robot are trained on, like the mod
 Gaussian observation noise (`obs_noise`, metres/units of each field; base and residual see the same noisy
 reading, rewards use the true state) and, per episode with probability `latency_prob`, one control step of
 action latency. The native-MuJoCo robot of the sim-to-sim evaluation applies the same two by default.
+
+Hand-back (`hand_back=True`): the residual acts while the task's failure label (`Task.label`, the rules the
+robot runtime's selector applies, here on simulator state) names a failure, and for `hand_back_delay` more
+steps once it no longer does; after that the frozen base drives alone, as the runtime hands control back to
+the base once the failure is gone. A failure seen again re-engages the residual. Success is still the whole
+task's: a recovery counts only if the base then finishes. `info["residual_active"]` says, for the state an
+action is chosen in, whether that action reaches the robot (PPO trains only on those).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ class ResidualEnv(TaskEnv):
     """A TaskEnv whose resets draw failure states and whose actions are residual corrections."""
 
     # Info set at reset that belongs to the episode: auto-reset restores it with the start state.
-    episode_start_info = ("reward_weights", "residual", "mode", "latency", "prev_action")
+    episode_start_info = ("reward_weights", "residual", "mode", "latency", "prev_action", "residual_active", "clear_steps")
 
     def __init__(
         self,
@@ -46,6 +53,8 @@ class ResidualEnv(TaskEnv):
         start_noise: float = 0.005,
         obs_noise: float = 0.001,
         latency_prob: float = 0.5,
+        hand_back: bool = False,
+        hand_back_delay: int = 0,
     ):
         super().__init__(task, reward_fn=compile_reward(task), terminate_on_success=True)
         if len(bank) == 0:
@@ -61,6 +70,10 @@ class ResidualEnv(TaskEnv):
             raise ValueError(f"obs_noise must be >= 0 and latency_prob in [0, 1], got {obs_noise}, {latency_prob}")
         self.obs_noise = float(obs_noise)
         self.latency_prob = float(latency_prob)
+        self.hand_back = bool(hand_back)
+        if hand_back_delay < 0:
+            raise ValueError(f"hand_back_delay must be >= 0 control steps, got {hand_back_delay}")
+        self.hand_back_delay = int(hand_back_delay)
         self.task_obs_size = task.observation_size
         self.starts = {k: jnp.asarray(bank.arrays[k]) for k in ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl", "mode")}
         self.num_starts = len(bank)
@@ -91,9 +104,19 @@ class ResidualEnv(TaskEnv):
         mode = s["mode"]
         k_state, k_lat, k_obs = jax.random.split(k_state, 3)
         info = {"reward_weights": self.weights_per_mode[mode], "residual": jnp.zeros(grip.ACTION_SIZE), "mode": mode,
-                "latency": jax.random.bernoulli(k_lat, self.latency_prob), "prev_action": hold_action(self.task.gripper, data)}
+                "latency": jax.random.bernoulli(k_lat, self.latency_prob), "prev_action": hold_action(self.task.gripper, data),
+                **self._hand_back_info(data, jnp.zeros((), jnp.int32))}
         state = self.state_from_data(data, k_state, info)
         return state.replace(obs=self._residual_obs(state.obs, mode, k_obs))
+
+    def _hand_back_info(self, data: mjx.Data, clear_steps: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """`residual_active` (1.0 where the residual's action reaches the robot in state `data`) and
+        `clear_steps` (consecutive states, this one included, the failure label found no failure in)."""
+        if not self.hand_back:
+            return {"residual_active": jnp.ones(()), "clear_steps": clear_steps}
+        mode, _ = self.task.label(self.task.privileged(self.sys, data))
+        clear_steps = jnp.where(mode < 0, clear_steps + 1, 0)
+        return {"residual_active": (clear_steps <= self.hand_back_delay).astype(jnp.float32), "clear_steps": clear_steps}
 
     def _residual_obs(self, task_obs: jnp.ndarray, mode: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         """[noisy task obs, base action on it, descriptor]: base and residual see the same sensor noise."""
@@ -107,11 +130,14 @@ class ResidualEnv(TaskEnv):
         return jnp.clip(base_action + self.alpha * residual, -1.0, 1.0), residual
 
     def step(self, state: State, residual_raw: jnp.ndarray) -> State:
-        action, residual = self.executed_action(state.obs, residual_raw)
+        active = state.info["residual_active"]
+        action, residual = self.executed_action(state.obs, residual_raw * active)
+        residual = residual * active
         # Action latency (per episode, probability `latency_prob`): this step executes the previous command.
         executed = jnp.where(state.info["latency"], state.info["prev_action"], action)
         rng, k_obs = jax.random.split(state.info["rng"])
         info = {**state.info, "residual": residual, "prev_action": action, "rng": rng}
         inner = state.replace(obs=state.obs[: self.task_obs_size], info=info)
         nxt = super().step(inner, executed)
-        return nxt.replace(obs=self._residual_obs(nxt.obs, state.info["mode"], k_obs))
+        info = {**nxt.info, **self._hand_back_info(nxt.pipeline_state, state.info["clear_steps"])}
+        return nxt.replace(obs=self._residual_obs(nxt.obs, state.info["mode"], k_obs), info=info)

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     bank = FailureBank.load(info["bank_dir"])
     weights = np.zeros((len(task.failure_modes), len(component_names(task))), np.float32)  # rewards are not used
     trained = (results or {}).get("modes", {})
-    hand_back = bool(config.get("hand_back", False)) if args.hand_back == "run" else args.hand_back == "on"
-    delay = int(config.get("hand_back_delay", 0) or 0) if args.hand_back_delay is None else args.hand_back_delay
+    hand_back = cond["hand_back"] if args.hand_back == "run" else args.hand_back == "on"
+    delay = cond["hand_back_delay"] if args.hand_back_delay is None else args.hand_back_delay
     record = {"run": str(Path(args.run).absolute()), "task": task.name, "run_alpha": float(config["alpha"]),
               "split": args.split, "hand_back": hand_back, "hand_back_delay": delay, "conditions": {k: cond[k] for k in ("obs_noise", "latency_prob", "start_jitter_m")},
               "domain_randomization": False, "modes": {}}

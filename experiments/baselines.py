@@ -103,11 +103,18 @@ def resolve_budget(config: dict, args: argparse.Namespace) -> dict:
 
 
 def eval_conditions(config: dict, results: dict | None) -> dict:
-    """The run's held-out evaluation conditions (results.json), or the main job's rule for them."""
+    """The run's held-out evaluation conditions (results.json), or the main job's rule for them; they include the
+    run's hand-back setting, which every later evaluation of the run's residuals applies (`hand_back_kwargs`)."""
     derived = {"episode_length": int(config["episode_length"]), "domain_randomization": not config.get("no_randomization", False),
                "obs_noise": float(config["obs_noise"]), "latency_prob": float(config["latency_prob"]),
-               "start_jitter_m": 0.005, "seed": 10_000 + int(config["seed"])}
+               "start_jitter_m": 0.005, "seed": 10_000 + int(config["seed"]),
+               "hand_back": bool(config.get("hand_back", False)), "hand_back_delay": int(config.get("hand_back_delay") or 0)}
     return {**derived, **((results or {}).get("eval_conditions") or {})}
+
+
+def hand_back_kwargs(cond: dict) -> dict:
+    """`ResidualEnv` keyword arguments that hand back to the base exactly when the run's residuals did."""
+    return {"hand_back": bool(cond.get("hand_back", False)), "hand_back_delay": int(cond.get("hand_back_delay") or 0)}
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -262,7 +269,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
         if finetune:
             return FinetuneEnv(task, base, b, weights, **kw)
         # A residual baseline hands back to the base exactly when the run's residuals do (`train --hand-back`).
-        return ResidualEnv(task, base, b, weights, alpha=float(config["alpha"]), hand_back=bool(config.get("hand_back", False)), **kw)
+        return ResidualEnv(task, base, b, weights, alpha=float(config["alpha"]), **hand_back_kwargs(cond), **kw)
 
     ppo_kw = dict(num_envs=budget["num_envs"], unroll_length=int(config["unroll_length"]),
                   total_timesteps=budget["timesteps_per_policy"], seed=int(config["seed"]),
@@ -363,7 +370,7 @@ def _nominal_of_run(run: Path, task, base, usable: list[str], cond: dict, per_mo
     modes = [m for m in usable if m in pol.params_for_mode]
     env_fn = lambda b: ResidualEnv(task, base, b, pol.weights_per_mode, alpha=pol.alpha,  # noqa: E731
                                    start_noise=float(cond["start_jitter_m"]), obs_noise=float(cond["obs_noise"]),
-                                   latency_prob=float(cond["latency_prob"]), hand_back=bool(cond.get("hand_back", False)))
+                                   latency_prob=float(cond["latency_prob"]), **hand_back_kwargs(cond))
     return evaluate_nominal(task, cond, modes, per_mode, seed, env_fn, pol.apply, pol.params_for_mode, None, log)
 
 

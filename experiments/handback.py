@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = load_run(Path(args.run))
     config, results = info["config"], info["results"]
     cond = eval_conditions(config, results)
-    delay = int(config.get("hand_back_delay", 0) or 0) if args.hand_back_delay is None else args.hand_back_delay
+    delay = cond["hand_back_delay"] if args.hand_back_delay is None else args.hand_back_delay
     task = get_task(config["task"], {"episode_length": int(config["episode_length"])})
     base = load_run_base(info["run"])
     pol = load_run_policies(info["run"])
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     held = _merge([bank.select(m, "heldout") for m in modes])
     dr = DomainRandomization() if cond["domain_randomization"] else None
     record = {"run": str(Path(args.run).absolute()), "task": task.name, "conditions": cond, "modes": {},
-              "checkpoint_steps": pol.checkpoint_steps, "trained_with_hand_back": bool(config.get("hand_back", False)),
+              "checkpoint_steps": pol.checkpoint_steps, "trained_with_hand_back": cond["hand_back"],
               "hand_back_delay": delay}
     evaluators = {}
     for protocol, hand_back in (("whole_episode", False), ("hand_back", True)):

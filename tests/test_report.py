@@ -213,6 +213,12 @@ def test_baselines_budget_and_conditions(tmp_path):
     cond = eval_conditions(info["config"], None)
     assert cond["seed"] == 10_003 and cond["domain_randomization"] and cond["start_jitter_m"] == 0.005
     assert eval_conditions(info["config"], {"eval_conditions": {"seed": 7}})["seed"] == 7
+    # every later evaluation of a run's residuals hands back as the run did, delay included
+    from experiments.baselines import hand_back_kwargs
+
+    assert hand_back_kwargs(cond) == {"hand_back": False, "hand_back_delay": 0}
+    delayed = eval_conditions({**info["config"], "hand_back": True, "hand_back_delay": 50}, {"eval_conditions": {"hand_back": True}})
+    assert hand_back_kwargs(delayed) == {"hand_back": True, "hand_back_delay": 50}
 
 
 def test_finetune_policy_at_init_is_the_bc_base(drawer_task, fake_run):

@@ -249,6 +249,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
 
     from tensorboardX import SummaryWriter
 
+    from recovla_jax.failures import expert_paths
     from recovla_jax.rewards.full_mask import full_reward_mask, full_reward_weights
     from recovla_jax.sim.wrappers import wrap_batched
     from recovla_jax.training.finetune_env import FinetuneEnv, FinetunePPOTrainer
@@ -264,12 +265,22 @@ def run_baseline(args: argparse.Namespace) -> dict:
     weights = full_reward_weights(task, config.get("residual_penalty"))
     finetune = args.method == "finetune"
 
-    def make_env(b, start_noise=0.005):
-        kw = dict(start_noise=start_noise, obs_noise=float(config["obs_noise"]), latency_prob=float(config["latency_prob"]))
+    def make_env(b, start_noise=0.005, start_weights=None):
+        kw = dict(start_noise=start_noise, obs_noise=float(config["obs_noise"]), latency_prob=float(config["latency_prob"]),
+                  start_weights=start_weights)
         if finetune:
             return FinetuneEnv(task, base, b, weights, **kw)
         # A residual baseline hands back to the base exactly when the run's residuals do (`train --hand-back`).
         return ResidualEnv(task, base, b, weights, alpha=float(config["alpha"]), **hand_back_kwargs(cond), **kw)
+
+    # Same training starts as the run: its share of episodes on expert-path states (`train --expert-path-starts`).
+    path_fraction = float(config.get("expert_path_starts") or 0.0)
+    paths = None
+    if path_fraction > 0:
+        stride = int(config.get("expert_path_stride") or 10)
+        paths = expert_paths.load_or_build(run / "expert_paths", task, _merge([bank.select(m) for m in usable]),
+                                           int(config["episode_length"]), stride, log=log)
+        record["expert_path_starts"] = {"fraction": path_fraction, "stride": stride, "path_states": len(paths)}
 
     ppo_kw = dict(num_envs=budget["num_envs"], unroll_length=int(config["unroll_length"]),
                   total_timesteps=budget["timesteps_per_policy"], seed=int(config["seed"]),
@@ -299,13 +310,16 @@ def run_baseline(args: argparse.Namespace) -> dict:
     params_by_group, trainer = {}, None
     for name, modes in groups.items():
         train_bank = _merge([bank.select(m, "train") for m in modes])
-        env = make_env(train_bank)
+        starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
+        env = make_env(starts, start_weights=start_weights)
         batched = wrap_batched(env, ppo_cfg.num_envs, int(config["episode_length"]),
                                rng=jax.random.PRNGKey(int(config["seed"]) + 1),
                                randomization=randomization)
         trainer = FinetunePPOTrainer(batched, ppo_cfg, base, mesh=mesh) if finetune else PPOTrainer(batched, ppo_cfg, mesh=mesh)
         curve: list[dict] = []
-        log(f"training '{name}' on {len(train_bank)} failure states ({ppo_cfg.num_iterations} iterations; the first compiles)")
+        extra = f" + {len(starts) - len(train_bank)} expert-path states" if len(starts) > len(train_bank) else ""
+        log(f"training '{name}' on {len(train_bank)} failure states{extra} ({ppo_cfg.num_iterations} iterations; "
+            "the first compiles)")
         with TrainingProgress(console, f"{args.method}/{name}", ppo_cfg.num_iterations) as bar:
             def on_metrics(it: int, m: dict, _name=name, _curve=curve, _bar=bar) -> None:
                 _curve.append(m)

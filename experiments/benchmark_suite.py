@@ -16,7 +16,13 @@ then experiments.report over every main-job run -> OUT/report (report.md, report
 Every method of a task trains on the same failure bank (2 and 3 reuse 1's, 4-6 read it from the run) with
 the same env steps per policy (the baselines take the run's budget from its config.json).
 
-Budgets: `full` = the main job's defaults (4096 envs, 20M env steps per policy on GPU/TPU; 128 envs, 250k
+Per-task training settings: the table's protocol for a task is part of its runs. `TASK_TRAIN_ARGS` holds the
+settings the README's table used (stack: `--hand-back`, the better of the two protocols measured there; the
+drawer stays on the whole episode, where hand-back costs it); `--train-arg TASK:ARG` (repeatable) adds one for
+a task, `--no-task-args` drops the defaults. They go to all three main-job runs of the task; the baselines read
+them from the run's config.json, so they follow.
+
+Budgets: `full` = the main job's defaults (4096 envs, 20M env steps per policy on GPU/TPU; 128 envs, 1M
 on CPU), all held-out and 100 nominal states in sim-to-sim. `reduced` = 64 envs, 40k env steps per policy,
 256 injected candidates per mode (no held-out target), 32 nominal starts per mode, 20 sim-to-sim states per mode: minutes, not
 hours, on 2 CPU cores, a smoke-scale reproduction whose numbers are NOT the table's results. `auto` (default)
@@ -36,6 +42,7 @@ from pathlib import Path
 REDUCED = {"train": ["--num-envs=64", "--timesteps=40000", "--candidates=256", "--min-heldout=0"], "nominal": ["--nominal-episodes=32"],
            "sim2sim": ["--episodes-per-mode=20", "--nominal-episodes=20"]}
 FULL = {"train": [], "nominal": [], "sim2sim": []}
+TASK_TRAIN_ARGS: dict[str, tuple[str, ...]] = {"stack": ("--hand-back",)}
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim2sim-arm", default="runtime_rules", help="experiments.report --sim2sim-arm")
     p.add_argument("--export-tolerance", type=float, default=None,
                    help="experiments.export --tolerance (default: export's own, 1e-5)")
+    p.add_argument("--train-arg", action="append", default=[], type=task_train_arg, metavar="TASK:ARG",
+                   help="an experiments.train option for TASK's main-job runs, e.g. stack:--hand-back-delay=50 (repeatable)")
+    p.add_argument("--no-task-args", action="store_true", help=f"drop the per-task defaults {TASK_TRAIN_ARGS}")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--skip-existing", action="store_true", help="skip steps whose output already exists (resume a suite)")
     p.add_argument("--keep-going", action="store_true", help="run the remaining steps (and the report) after a failure")
     return p
+
+
+def task_train_arg(text: str) -> tuple[str, str]:
+    """`TASK:ARG` -> (task, arg); the task is checked against the registry when the steps are built."""
+    task, sep, arg = text.partition(":")
+    if not sep or not task.strip() or not arg.startswith("--"):
+        raise argparse.ArgumentTypeError(f"expected TASK:--option[=value], e.g. stack:--hand-back, got {text!r}")
+    return task.strip(), arg
+
+
+def task_train_args(tasks: list[str], extra: list[tuple[str, str]], use_defaults: bool = True) -> dict[str, list[str]]:
+    """Each task's extra experiments.train options: the table's defaults (unless dropped) plus `extra`."""
+    unknown = sorted({t for t, _ in extra} - set(tasks))
+    if unknown:
+        raise SystemExit(f"--train-arg: task(s) {unknown} are not among the suite's tasks {tasks}")
+    out = {t: list(TASK_TRAIN_ARGS.get(t, ())) if use_defaults else [] for t in tasks}
+    for t, arg in extra:
+        out[t].append(arg)
+    return out
 
 
 def resolve_budget(budget: str) -> tuple[str, str]:
@@ -84,16 +113,19 @@ def default_tasks() -> list[str]:
 
 
 def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto", seed: int = 0,
-                sim2sim_arm: str = "runtime_rules", export_tolerance: float | None = None) -> list[Step]:
-    """Every command of the suite, in order (see the module docstring)."""
+                sim2sim_arm: str = "runtime_rules", export_tolerance: float | None = None,
+                train_args: dict[str, list[str]] | None = None) -> list[Step]:
+    """Every command of the suite, in order (see the module docstring); `train_args[task]` go to its main-job runs
+    (default: `TASK_TRAIN_ARGS`)."""
     b = REDUCED if budget == "reduced" else FULL
+    train_args = task_train_args(tasks, []) if train_args is None else train_args
     steps: list[Step] = []
     runs: list[Path] = []
     for task in tasks:
         root = out / task
         main, oracle, wrong = root / "recovla", root / "oracle-mask", root / "wrong-mask"
         bank = main / "bank"
-        train = ["-m", "experiments.train", f"--task={task}", f"--seed={seed}", *b["train"]]
+        train = ["-m", "experiments.train", f"--task={task}", f"--seed={seed}", *b["train"], *train_args.get(task, [])]
         steps += [
             Step(f"{task}: ReCoVLA (selector {selector})", [*train, f"--run-dir={main}", f"--selector={selector}"],
                  main / "results.json"),
@@ -125,7 +157,9 @@ def main(argv: list[str] | None = None) -> list[Step]:
     args = build_parser().parse_args(argv)
     budget, why = resolve_budget(args.budget)
     tasks = args.tasks or default_tasks()
-    steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance)
+    per_task = task_train_args(tasks, args.train_arg, use_defaults=not args.no_task_args)
+    steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance,
+                        per_task)
     python = sys.executable
     if budget == "reduced":
         print(f"benchmark suite: REDUCED budget ({why}): {' '.join(REDUCED['train'])} per main-job run, "
@@ -134,6 +168,9 @@ def main(argv: list[str] | None = None) -> list[Step]:
     else:
         print(f"benchmark suite: FULL budget ({why}): the main job's default envs and env steps per policy.")
     print(f"tasks: {', '.join(tasks)}; {len(steps)} steps; output under {args.out}")
+    for t, extra in per_task.items():
+        if extra:
+            print(f"{t}: main-job runs with {' '.join(extra)}")
     for i, s in enumerate(steps, 1):
         print(f"[{i:2d}] {s.name}\n     {s.shell(python)}")
     if args.dry_run:

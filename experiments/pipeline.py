@@ -17,6 +17,7 @@ from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
 from experiments.training_progress import TrainingProgress
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
+from recovla_jax.failures import expert_paths
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
 from recovla_jax.policies.bc import load_or_train_base_policy
 from recovla_jax.sim.randomization import DomainRandomization
@@ -60,6 +61,11 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     delay = int(getattr(args, "hand_back_delay", 0) or 0)
     if delay < 0 or (delay and not hand_back):
         raise SystemExit(f"--hand-back-delay must be >= 0 and needs --hand-back, got {delay}")
+    path_fraction = float(getattr(args, "expert_path_starts", 0.0) or 0.0)
+    path_stride = int(getattr(args, "expert_path_stride", 10) or 10)
+    if not 0.0 <= path_fraction < 1.0 or path_stride < 1 or path_stride > args.episode_length:
+        raise SystemExit(f"--expert-path-starts must be in [0, 1) and --expert-path-stride in [1, episode length "
+                         f"{args.episode_length}], got {path_fraction} and {path_stride}")
     wanted = getattr(args, "modes", None) or tuple(task.failure_modes)
     unknown = [m for m in wanted if m not in task.failure_modes]
     if unknown:
@@ -119,6 +125,12 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     if hand_back:
         log(f"--hand-back: each residual acts while the failure label names a failure and {delay} steps after; "
             "the base drives alone elsewhere")
+    paths = None
+    if path_fraction > 0:
+        paths = expert_paths.load_or_build(run_dir / "expert_paths", task, _merge([bank.select(m) for m in usable]),
+                                           args.episode_length, path_stride, log=log)
+        log(f"--expert-path-starts: {path_fraction:.0%} of training episodes start on one of {len(paths)} states along "
+            f"the expert's recoveries (every {path_stride} steps)")
     groups = {m: [m] for m in usable} if args.policy == "per-mode" else {"conditioned": usable}
     metrics_path = run_dir / "metrics.jsonl"
     writer = SummaryWriter(str(run_dir / "tensorboard")) if jax.process_index() == 0 else None
@@ -127,9 +139,10 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     policy_params = {}
     for name, modes in groups.items():
         train_bank = _merge([bank.select(m, "train") for m in modes])
-        env = ResidualEnv(task, base, train_bank, weights, alpha=args.alpha,
+        starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
+        env = ResidualEnv(task, base, starts, weights, alpha=args.alpha,
                           obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
-                          hand_back_delay=delay)
+                          hand_back_delay=delay, start_weights=start_weights)
         batched = wrap_batched(env, ppo_cfg.num_envs, args.episode_length, rng=jax.random.PRNGKey(args.seed + 1),
                                randomization=randomization)
         trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
@@ -145,7 +158,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps({"policy": _name, **m}) + "\n")
 
-            log(f"training residual '{name}' on {len(train_bank)} failure states "
+            extra = f" + {len(starts) - len(train_bank)} expert-path states" if len(starts) > len(train_bank) else ""
+            log(f"training residual '{name}' on {len(train_bank)} failure states{extra} "
                 f"({ppo_cfg.num_iterations} iterations; the first compiles the training step)")
             ts, _ = train(trainer, ppo_cfg, resume=args.resume, checkpoint_dir=run_dir / "checkpoints" / name,
                           on_metrics=on_metrics)
@@ -180,6 +194,9 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                                   "latency_prob": args.latency_prob, "start_jitter_m": eval_env.start_noise,
                                   "hand_back": hand_back, "hand_back_delay": delay,
                                   "seed": 10_000 + args.seed}
+    if paths is not None:
+        results["expert_path_starts"] = {"fraction": path_fraction, "stride": path_stride, "path_states": len(paths),
+                                         "expert_on_train_states": paths.meta.get("expert", {})}
     results["bank"] = {"counts": counts, "collection": bank.meta.get("collection", {})}
     results["base_policy"] = {"name": base.name, "nominal_success": base.info.get("nominal_success")}
     results["wall_seconds"] = time.time() - t_start

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
-    """(method key, label) of a main-job run: wrong-mask, oracle-mask or recovla-<selector>[-conditioned][-handback]."""
+    """(method key, label) of a main-job run: wrong-mask, oracle-mask or
+    recovla-<selector>[-conditioned][-handback][-paths]."""
     results = results or {}
     if config.get("mask") == "wrong" or results.get("mask") == "wrong":
         key, label = "wrong-mask", FIXED_LABELS["wrong-mask"]
@@ -76,6 +77,8 @@ def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
         key, label = f"{key}-conditioned", f"{label}, conditioned"
     if config.get("hand_back") or (results.get("eval_conditions") or {}).get("hand_back"):
         key, label = f"{key}-handback", f"{label}, hand-back"
+    if float(config.get("expert_path_starts") or 0.0) > 0:
+        key, label = f"{key}-paths", f"{label}, expert-path starts"
     return key, label
 
 

@@ -48,6 +48,21 @@ def _conditions(c: dict | None) -> str:
             f"gripper jitter {1000 * c['start_jitter_m']:g} mm (seed {c['seed']}); base alone = same episodes with a zero residual.")
 
 
+def _protocol_lines(results: dict) -> list[str]:
+    """Bullets for the training/evaluation options that change what a number means (hand-back, path starts)."""
+    lines = []
+    c = results.get("eval_conditions") or {}
+    if c.get("hand_back"):
+        lines.append(f"- hand-back: the residual acts while the failure label names a failure (+{c.get('hand_back_delay', 0)} "
+                     "steps); the base drives alone elsewhere, in training and evaluation")
+    p = results.get("expert_path_starts")
+    if p:
+        lines.append(f"- expert-path starts: {p['fraction']:.0%} of training episodes start on one of {p['path_states']} states "
+                     f"along the expert's recoveries from train states (every {p['stride']} steps); the training-success "
+                     "curve counts those episodes too, the table below only held-out failure states")
+    return lines
+
+
 def write_summary(results: dict, config: dict, path: Path) -> None:
     lines = [
         f"# recovla-jax run: task `{results['task']}`",
@@ -59,6 +74,7 @@ def write_summary(results: dict, config: dict, path: Path) -> None:
         f"- base policy `{results['base_policy']['name']}` nominal success: "
         + (_cell(results["base_policy"]["nominal_success"]) if results["base_policy"]["nominal_success"] else "n/a"),
         f"- wall time {results['wall_seconds'] / 60:.1f} min",
+        *_protocol_lines(results),
         "",
         "## Recovery success on held-out failure states (Wilson 95% CI)",
         "",

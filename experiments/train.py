@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", choices=["selected", "wrong"], default="selected",
                    help="wrong = ablation: train each mode on another mode's descriptor (what a misdiagnosis costs)")
     p.add_argument("--num-envs", type=int, default=None, help="parallel envs (default 128 on CPU, 4096 on GPU/TPU)")
-    p.add_argument("--timesteps", type=int, default=None, help="env steps per policy (default 250k CPU, 20M GPU/TPU)")
+    p.add_argument("--timesteps", type=int, default=None, help="env steps per policy (default 1M CPU, 20M GPU/TPU)")
     p.add_argument("--unroll-length", type=int, default=20)
     p.add_argument("--episode-length", type=int, default=None,
                    help="control steps per episode (bank test and recovery; base-policy cloning too unless the task "
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "alone (as the robot runtime hands back), in training and evaluation; success stays the whole task's")
     p.add_argument("--hand-back-delay", type=int, default=0, metavar="STEPS",
                    help="with --hand-back: the residual keeps control this many steps after the failure label clears")
+    p.add_argument("--expert-path-starts", type=float, default=0.0, metavar="FRACTION",
+                   help="share of training episodes (0 <= FRACTION < 1) that start part-way along the scripted expert's "
+                        "recovery from a train failure state instead of at the failure state (a start-state curriculum; "
+                        "states only, no expert actions are imitated; evaluation starts from held-out failure states)")
+    p.add_argument("--expert-path-stride", type=int, default=10, metavar="STEPS",
+                   help="with --expert-path-starts: keep a state every STEPS steps of each expert recovery")
     p.add_argument("--residual-penalty", type=float, default=None, help="override the mask's residual_magnitude weight")
     p.add_argument("--reward-weight", action="append", default=[], type=reward_weight_arg, metavar="COMPONENT=WEIGHT",
                    help="set one reward component's weight in every mode's mask (repeatable; 0 drops it): an ablation "

@@ -552,6 +552,10 @@ def test_main_job_refuses_unknown_modes_and_components_before_any_work(tmp_path)
         main(["--task=drawer", "--hand-back-delay=20", f"--run-dir={run_dir}"])
     with pytest.raises(SystemExit, match="--hand-back-delay must be >= 0"):
         main(["--task=drawer", "--hand-back", "--hand-back-delay=-1", f"--run-dir={run_dir}"])
+    with pytest.raises(SystemExit, match=r"--expert-path-starts must be in \[0, 1\)"):
+        main(["--task=drawer", "--expert-path-starts=1", f"--run-dir={run_dir}"])
+    with pytest.raises(SystemExit, match="--expert-path-stride in \\[1, episode length 100\\]"):
+        main(["--task=drawer", "--expert-path-starts=0.5", "--expert-path-stride=0", f"--run-dir={run_dir}"])
     assert not run_dir.exists()  # nothing written, no base cloned
 
 

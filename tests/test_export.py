@@ -182,3 +182,33 @@ def test_run_policies_load_back_as_the_exported_residuals(fake_run, fake_export)
             x = library[mode].residual_obs(state, base_action, mode)
             ours = pol.alpha * np.tanh(np.asarray(pol.apply(params, jnp.asarray(x[None])))[0])
             np.testing.assert_allclose(ours, library[mode].residual(state, base_action, mode), atol=1e-5)
+
+
+def test_path_eval_groups_path_states_by_step_and_refuses_runs_without_paths(fake_run, tmp_path):
+    """experiments.path_eval on a copy of the fake run with an expert-path bank made of its own bank's states."""
+    import shutil
+
+    from experiments.path_eval import main
+    from recovla_jax.failures.bank import FailureBank
+
+    with pytest.raises(SystemExit, match="no expert_paths/bank.npz"):
+        main([f"--run={fake_run}"])
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    bank = FailureBank.load(run / "bank")
+    n = len(bank)
+    arrays = {**bank.arrays, "split": np.zeros(n, np.int32), "path_step": np.where(np.arange(n) % 3 == 0, 10, 20).astype(np.int32),
+              "origin": np.arange(n)}
+    FailureBank(bank.task, bank.modes, bank.stages, arrays, {"horizon": 30, "stride": 10}).save(run / "expert_paths")
+    with pytest.raises(SystemExit, match="--mode: \\['nope'\\] has no trained policy"):
+        main([f"--run={run}", "--mode=nope"])
+    rec = main([f"--run={run}", "--mode=missed_handle", "--states=2"])
+    cells = rec["modes"]["missed_handle"]
+    in_mode = arrays["mode"] == bank.modes.index("missed_handle")
+    expected = sorted(set(arrays["path_step"][in_mode].tolist()))
+    assert [c["path_step"] for c in cells] == expected
+    for c in cells:
+        count = int(np.sum(in_mode & (arrays["path_step"] == c["path_step"])))
+        assert c["residual"]["trials"] == c["base"]["trials"] == min(2, count)
+        assert 0.0 <= c["residual"]["rate"] <= 1.0 and 0.0 <= c["base"]["rate"] <= 1.0
+    assert (run / "path_eval.json").exists() and "not a held-out result" in rec["note"]

@@ -187,3 +187,57 @@ def test_expert_guided_residual_reaches_the_expert_within_its_authority(drawer_t
     # from nominal starts the fully guided base is the scripted expert (>= 95% nominal): it succeeds
     ok = expert_guided_success(env[2.0], np.arange(len(bank)), steps=drawer_task.config.episode_length)
     assert ok.shape == (len(bank),) and ok.dtype == bool and ok.mean() >= 0.75
+
+
+def test_expert_path_states_lie_on_the_experts_recovery_and_start_weights_pick_them(drawer_task, drawer_env, drawer_base_policy):
+    from recovla_jax.failures.expert_paths import expert_path_bank, mixed_starts
+
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    stride = 25
+    paths = expert_path_bank(drawer_task, bank, horizon=drawer_task.config.episode_length, stride=stride, log=lambda _: None)
+    assert len(paths) > 0 and set(paths.arrays["split"]) == {0}
+    origin = paths.arrays["origin"]
+    assert np.all(bank.arrays["split"][origin] == 0)  # only TRAIN states seed paths
+    np.testing.assert_array_equal(paths.arrays["mode"], bank.arrays["mode"][origin])
+    assert set(paths.arrays["path_step"]) <= {25, 50, 75}
+    # the scripted expert opens the drawer from nominal starts: most paths succeed
+    assert np.mean([e["expert_success"] for e in paths.meta["expert"].values()]) >= 0.75
+    # independent replay: 25 expert steps from a source state reach the stored path state, not yet a success
+    from recovla_jax.failures.bank import bank_state_data
+
+    row = int(np.flatnonzero(paths.arrays["path_step"] == stride)[0])
+    src = {k: jnp.asarray(bank.arrays[k][origin[row]]) for k in STATE_FIELDS}
+
+    @jax.jit
+    def replay(fields):
+        state = drawer_env.state_from_data(bank_state_data(drawer_task, drawer_env.sys, fields), jax.random.PRNGKey(0))
+
+        def body(s, _):
+            return drawer_env.step(s, drawer_task.expert_action(drawer_task.privileged(drawer_env.sys, s.pipeline_state))), None
+
+        return jax.lax.scan(body, state, None, length=stride)[0]
+
+    end = replay(src)
+    np.testing.assert_allclose(np.asarray(end.pipeline_state.qpos), paths.arrays["qpos"][row], atol=1e-4)
+    assert float(jnp.max(jnp.abs(end.pipeline_state.qpos - src["qpos"]))) > 1e-3
+    assert not bool(drawer_task.success(drawer_env.sys, end.pipeline_state))
+    # mixing: the requested share of start probability sits on path states of the train bank's modes
+    train = bank.select(split="train")
+    starts, weights = mixed_starts(train, paths, 0.25)
+    assert len(starts) == len(train) + len(paths) and np.isclose(weights.sum(), 1.0)
+    assert np.isclose(weights[len(train):].sum(), 0.25)
+    same, no_weights = mixed_starts(train, paths, 0.0)
+    assert same is train and no_weights is None
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        mixed_starts(train, paths, 1.0)
+    # ResidualEnv draws starts by those probabilities: all mass on one state -> every reset starts there
+    comp = np.zeros((3, len(component_names(drawer_task))), np.float32)
+    one_hot = np.zeros(len(starts))
+    one_hot[len(train) + 1] = 1.0
+    env = ResidualEnv(drawer_task, drawer_base_policy, starts, comp, start_noise=0.0, obs_noise=0.0, latency_prob=0.0,
+                      start_weights=one_hot)
+    resets = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(5), 16))
+    np.testing.assert_allclose(np.asarray(resets.pipeline_state.qpos), np.broadcast_to(starts.arrays["qpos"][len(train) + 1],
+                                                                                      (16, starts.arrays["qpos"].shape[1])), atol=1e-6)
+    with pytest.raises(ValueError, match="start_weights must be"):
+        ResidualEnv(drawer_task, drawer_base_policy, starts, comp, start_weights=np.ones(3))

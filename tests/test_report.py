@@ -78,6 +78,9 @@ def test_infer_run_method():
     assert infer_run_method({"selector": "oracle"}, None)[0] == "oracle-mask"
     assert infer_run_method({"selector": "oracle", "mask": "wrong"}, {"selector": "oracle"})[0] == "wrong-mask"
     assert infer_run_method({"selector": "rules", "policy": "conditioned"}, None)[0] == "recovla-rules-conditioned"
+    assert infer_run_method({"selector": "rules", "hand_back": True, "expert_path_starts": 0.5}, None) == (
+        "recovla-rules-handback-paths", "ReCoVLA (rules), hand-back, expert-path starts")
+    assert infer_run_method({"selector": "rules", "expert_path_starts": 0.0}, None)[0] == "recovla-rules"
 
 
 def test_report_builder_on_fixture_runs(tmp_path, fixture_runs):
@@ -159,6 +162,20 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
 
     full = benchmark_suite.build_steps(["drawer"], out, "full")
     assert not any("--timesteps" in " ".join(s.argv) for s in full)
+    assert not any("--hand-back" in " ".join(s.argv) for s in full)  # the drawer trains on the whole episode
+    # per-task protocol: stack's three main-job runs hand back (the table's setting); --train-arg adds, --no-task-args drops
+    steps = benchmark_suite.main(["--dry-run", "--tasks", "stack", "drawer", f"--out={out}", "--train-arg=drawer:--alpha=2"])
+    train = {s.name: " ".join(s.argv) for s in steps if "experiments.train" in s.argv}
+    assert sum("--hand-back" in c for c in train.values()) == 3 and all("--task=stack" in c for c in train.values()
+                                                                          if "--hand-back" in c)
+    assert sum("--alpha=2" in c for c in train.values()) == 3 and all("--task=drawer" in c for c in train.values()
+                                                                        if "--alpha=2" in c)
+    bare = benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--no-task-args"])
+    assert not any("--hand-back" in " ".join(s.argv) for s in bare)
+    with pytest.raises(SystemExit, match="--train-arg: task.*peg_insert"):
+        benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--train-arg=peg_insert:--alpha=2"])
+    with pytest.raises(SystemExit):  # argparse: not TASK:--option
+        benchmark_suite.main(["--dry-run", "--train-arg=stack"])
     from recovla_jax.utils.jax_setup import on_accelerator
 
     assert benchmark_suite.resolve_budget("auto")[0] == ("full" if on_accelerator() else "reduced")
@@ -273,3 +290,13 @@ def test_authority_cli_on_a_run(fake_run, tmp_path):
     assert record["split"] == "heldout" and record["run_alpha"] > 0
     with pytest.raises(SystemExit, match="alphas"):
         main(["--run", str(fake_run), "--alphas", "0"])
+
+
+def test_summary_names_hand_back_and_expert_path_starts():
+    from experiments.summary import _protocol_lines
+
+    assert _protocol_lines({"eval_conditions": {"hand_back": False}}) == []
+    lines = _protocol_lines({"eval_conditions": {"hand_back": True, "hand_back_delay": 50},
+                             "expert_path_starts": {"fraction": 0.5, "path_states": 1234, "stride": 10}})
+    assert len(lines) == 2 and "+50 steps" in lines[0]
+    assert "50% of training episodes" in lines[1] and "1234 states" in lines[1] and "only held-out failure states" in lines[1]

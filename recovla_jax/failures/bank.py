@@ -91,6 +91,12 @@ class FailureBank:
         return cls(meta["task"], tuple(meta["modes"]), tuple(meta["stages"]), arrays, meta)
 
 
+def bank_state_data(task: Task, sys: mjx.Model, fields: dict[str, jnp.ndarray]) -> mjx.Data:
+    """The full MJX state of one bank row (`STATE_FIELDS`: positions, velocities, mocap, actuator targets), forwarded."""
+    data = task.data_template.replace(**{k: fields[k] for k in STATE_FIELDS})
+    return mjx.forward(sys, data)
+
+
 def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=print) -> FailureBank:
     """Inject, label, filter by base failure and split, for every failure mode of `task`."""
     env = TaskEnv(task)

@@ -17,6 +17,10 @@ steps once it no longer does; after that the frozen base drives alone, as the ru
 the base once the failure is gone. A failure seen again re-engages the residual. Success is still the whole
 task's: a recovery counts only if the base then finishes. `info["residual_active"]` says, for the state an
 action is chosen in, whether that action reaches the robot (PPO trains only on those).
+
+Start states are drawn uniformly from the bank, or by `start_weights` (one non-negative weight per bank
+state): `train --expert-path-starts` mixes states along the scripted expert's recoveries into the training
+starts this way (`failures.expert_paths`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 from brax.envs.base import State
 from mujoco import mjx
 
-from recovla_jax.failures.bank import FailureBank
+from recovla_jax.failures.bank import FailureBank, bank_state_data
 from recovla_jax.policies.base_policy import BasePolicy
 from recovla_jax.rewards.compiler import compile_reward
 from recovla_jax.rewards.library import component_names
@@ -55,6 +59,7 @@ class ResidualEnv(TaskEnv):
         latency_prob: float = 0.5,
         hand_back: bool = False,
         hand_back_delay: int = 0,
+        start_weights: np.ndarray | None = None,
     ):
         super().__init__(task, reward_fn=compile_reward(task), terminate_on_success=True)
         if len(bank) == 0:
@@ -77,6 +82,7 @@ class ResidualEnv(TaskEnv):
         self.task_obs_size = task.observation_size
         self.starts = {k: jnp.asarray(bank.arrays[k]) for k in ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl", "mode")}
         self.num_starts = len(bank)
+        self.start_probs = None if start_weights is None else _start_probs(start_weights, self.num_starts)
         self.weights_per_mode = jnp.asarray(weights_per_mode)
         self.n_modes = n_modes
 
@@ -89,7 +95,9 @@ class ResidualEnv(TaskEnv):
 
     def reset(self, rng: jax.Array) -> State:
         k_idx, k_rest = jax.random.split(rng)
-        return self.reset_to(jax.random.randint(k_idx, (), 0, self.num_starts), k_rest)
+        if self.start_probs is None:
+            return self.reset_to(jax.random.randint(k_idx, (), 0, self.num_starts), k_rest)
+        return self.reset_to(jax.random.choice(k_idx, self.num_starts, p=self.start_probs), k_rest)
 
     def reset_to(self, index: jnp.ndarray, rng: jax.Array) -> State:
         """Start from bank state `index`, with the gripper position jittered by `start_noise` metres."""
@@ -98,9 +106,7 @@ class ResidualEnv(TaskEnv):
         idx = self.task.gripper
         noise = jax.random.uniform(k_noise, (3,), minval=-self.start_noise, maxval=self.start_noise)
         qpos = s["qpos"].at[jnp.array(idx.arm_qpos[:3])].add(noise)
-        data = self.task.data_template.replace(qpos=qpos, qvel=s["qvel"], mocap_pos=s["mocap_pos"],
-                                               mocap_quat=s["mocap_quat"], ctrl=s["ctrl"])
-        data = mjx.forward(self.sys, data)
+        data = bank_state_data(self.task, self.sys, {**s, "qpos": qpos})
         mode = s["mode"]
         k_state, k_lat, k_obs = jax.random.split(k_state, 3)
         info = {"reward_weights": self.weights_per_mode[mode], "residual": jnp.zeros(grip.ACTION_SIZE), "mode": mode,
@@ -141,3 +147,12 @@ class ResidualEnv(TaskEnv):
         nxt = super().step(inner, executed)
         info = {**nxt.info, **self._hand_back_info(nxt.pipeline_state, state.info["clear_steps"])}
         return nxt.replace(obs=self._residual_obs(nxt.obs, state.info["mode"], k_obs), info=info)
+
+
+def _start_probs(weights: np.ndarray, num_starts: int) -> jnp.ndarray:
+    """Validated start-state probabilities (normalised `weights`, one per bank state)."""
+    weights = np.asarray(weights, np.float64)
+    if weights.shape != (num_starts,) or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"start_weights must be {num_starts} finite non-negative numbers (one per bank state) with a "
+                         f"positive sum, got shape {weights.shape}")
+    return jnp.asarray(weights / weights.sum(), jnp.float32)

@@ -62,8 +62,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     delay = int(getattr(args, "hand_back_delay", 0) or 0)
     if delay < 0 or (delay and not hand_back):
         raise SystemExit(f"--hand-back-delay must be >= 0 and needs --hand-back, got {delay}")
-    path_fraction = float(getattr(args, "expert_path_starts", 0.0) or 0.0)
-    path_stride = int(getattr(args, "expert_path_stride", 10) or 10)
+    path_fraction = float(getattr(args, "expert_path_starts", 0.0))
+    path_stride = int(getattr(args, "expert_path_stride", 10))
     if not 0.0 <= path_fraction < 1.0 or path_stride < 1 or path_stride > args.episode_length:
         raise SystemExit(f"--expert-path-starts must be in [0, 1) and --expert-path-stride in [1, episode length "
                          f"{args.episode_length}], got {path_fraction} and {path_stride}")

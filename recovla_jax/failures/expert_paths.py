@@ -33,7 +33,8 @@ from recovla_jax.tasks.base import Task
 
 def expert_path_bank(task: Task, bank: FailureBank, horizon: int, stride: int = 10,
                      log: Callable[[str], None] = print) -> FailureBank:
-    """States every `stride` steps along the expert's successful recoveries from the TRAIN states of `bank`.
+    """States every `stride` steps along the expert's successful recoveries from the TRAIN states of `bank`
+    (success within `horizon` steps, rounded down to a multiple of `stride`).
 
     Returns a FailureBank (split 0 = train) with the extra arrays `path_step` (steps the expert had driven)
     and `origin` (index of the source state in `bank`); `meta["expert"]` holds per-mode expert success.

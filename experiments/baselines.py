@@ -117,6 +117,16 @@ def hand_back_kwargs(cond: dict) -> dict:
     return {"hand_back": bool(cond.get("hand_back", False)), "hand_back_delay": int(cond.get("hand_back_delay") or 0)}
 
 
+def run_residual_env(task, base, bank, pol, cond: dict, **overrides):
+    """A `ResidualEnv` for a finished run's loaded policies (`load_run_policies`) under its evaluation conditions
+    `cond` (start jitter, noise, latency, hand-back); `overrides` replace any of those keyword arguments."""
+    from recovla_jax.training.residual_env import ResidualEnv
+
+    kw = dict(alpha=pol.alpha, start_noise=float(cond["start_jitter_m"]), obs_noise=float(cond["obs_noise"]),
+              latency_prob=float(cond["latency_prob"]), **hand_back_kwargs(cond))
+    return ResidualEnv(task, base, bank, pol.weights_per_mode, **{**kw, **overrides})
+
+
 # ------------------------------------------------------------------------------------------- helpers
 def _merge(banks):
     import numpy as np
@@ -376,15 +386,12 @@ def run_baseline(args: argparse.Namespace) -> dict:
 def _nominal_of_run(run: Path, task, base, usable: list[str], cond: dict, per_mode: int, seed: int, log) -> dict:
     """Nominal success of the run's own residual policies (policies/<name>.json + their latest checkpoints)."""
     from recovla_jax.evaluation.run_policies import load_run_policies
-    from recovla_jax.training.residual_env import ResidualEnv
 
     pol = load_run_policies(run)
     for name, step in pol.checkpoint_steps.items():
         log(f"{name}: checkpoint step {step}")
     modes = [m for m in usable if m in pol.params_for_mode]
-    env_fn = lambda b: ResidualEnv(task, base, b, pol.weights_per_mode, alpha=pol.alpha,  # noqa: E731
-                                   start_noise=float(cond["start_jitter_m"]), obs_noise=float(cond["obs_noise"]),
-                                   latency_prob=float(cond["latency_prob"]), **hand_back_kwargs(cond))
+    env_fn = lambda b: run_residual_env(task, base, b, pol, cond)  # noqa: E731
     return evaluate_nominal(task, cond, modes, per_mode, seed, env_fn, pol.apply, pol.params_for_mode, None, log)
 
 

@@ -44,14 +44,13 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     from rich.console import Console
 
-    from experiments.baselines import _fmt, _merge, eval_conditions, load_run
+    from experiments.baselines import _fmt, _merge, eval_conditions, load_run, run_residual_env
     from recovla_jax.evaluation.recovery import RecoveryEvaluator
     from recovla_jax.evaluation.run_policies import load_run_policies
     from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.failures.bank import FailureBank
     from recovla_jax.sim.randomization import DomainRandomization
     from recovla_jax.tasks import get_task
-    from recovla_jax.training.residual_env import ResidualEnv
 
     console = Console()
     t0 = time.time()
@@ -74,9 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
               "hand_back_delay": delay}
     evaluators = {}
     for protocol, hand_back in (("whole_episode", False), ("hand_back", True)):
-        env = ResidualEnv(task, base, held, pol.weights_per_mode, alpha=pol.alpha, start_noise=float(cond["start_jitter_m"]),
-                          obs_noise=float(cond["obs_noise"]), latency_prob=float(cond["latency_prob"]), hand_back=hand_back,
-                          hand_back_delay=delay if hand_back else 0)
+        env = run_residual_env(task, base, held, pol, cond, hand_back=hand_back, hand_back_delay=delay if hand_back else 0)
         evaluators[protocol] = RecoveryEvaluator(env, pol.apply, int(cond["episode_length"]), seed=int(cond["seed"]), randomization=dr)
     console.print(f"[bold]{task.name}[/]: {len(held)} held-out states, seed {cond['seed']}; each protocol compiles once")
     for m in modes:

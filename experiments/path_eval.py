@@ -43,14 +43,13 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     from rich.console import Console
 
-    from experiments.baselines import eval_conditions, hand_back_kwargs, load_run
+    from experiments.baselines import eval_conditions, load_run, run_residual_env
     from recovla_jax.evaluation.recovery import RecoveryEvaluator
     from recovla_jax.evaluation.run_policies import load_run_policies
     from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.failures.bank import FailureBank
     from recovla_jax.sim.randomization import DomainRandomization
     from recovla_jax.tasks import get_task
-    from recovla_jax.training.residual_env import ResidualEnv
 
     console = Console()
     t0 = time.time()
@@ -73,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
             groups.append((m, step, np.sort(rng.choice(idx, min(args.states, idx.size), replace=False))))
     chosen = np.concatenate([g[2] for g in groups])
     sub = FailureBank(paths.task, paths.modes, paths.stages, {k: v[chosen] for k, v in paths.arrays.items()}, paths.meta)
-    env = ResidualEnv(task, load_run_base(run), sub, pol.weights_per_mode, alpha=pol.alpha,
-                      start_noise=float(cond["start_jitter_m"]), obs_noise=float(cond["obs_noise"]),
-                      latency_prob=float(cond["latency_prob"]), **hand_back_kwargs(cond))
+    env = run_residual_env(task, load_run_base(run), sub, pol, cond)
     dr = DomainRandomization() if cond["domain_randomization"] else None
     ev = RecoveryEvaluator(env, pol.apply, int(cond["episode_length"]), seed=int(cond["seed"]), randomization=dr)
     record = {"run": str(run.absolute()), "task": task.name, "conditions": cond, "states_per_step": args.states,

@@ -2,8 +2,9 @@
 """One entry point that sets itself up: `python3 dev.py train --task=drawer` or `python3 dev.py test`.
 
 Creates `.venv` beside this file when missing and (re)installs the project with its test extras whenever
-`pyproject.toml` changed since the last install, then runs the requested command inside that venv.
-Needs only Python >= 3.11 with venv and pip.
+`pyproject.toml` or the accelerator choice changed since the last install, then runs the requested command inside
+that venv. Needs only Python >= 3.11 with venv and pip. On a GPU or TPU machine set `RECOVLA_ACCELERATOR=cuda12`,
+`cuda13` or `tpu` to add JAX's plugin for it (pyproject's extras of the same names); unset means CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".recovla-installed"
+ACCELERATORS = ("cpu", "cuda12", "cuda13", "tpu")
 
 COMMANDS = {
     "train": ["-m", "experiments.train"],
@@ -27,18 +29,27 @@ COMMANDS = {
 }
 
 
+def install_extras(accelerator: str | None) -> str:
+    """pyproject extras to install for `RECOVLA_ACCELERATOR` (unset or empty: CPU only); exits on an unknown name."""
+    name = (accelerator or "cpu").strip().lower()
+    if name not in ACCELERATORS:
+        sys.exit(f"RECOVLA_ACCELERATOR={accelerator!r} is not known; valid: {', '.join(ACCELERATORS)} (or unset for cpu)")
+    return "test" if name == "cpu" else f"test,{name}"
+
+
 def ensure_env() -> None:
     if sys.version_info < (3, 11):
         sys.exit(f"recovla-jax needs Python >= 3.11; this is {sys.version.split()[0]}")
+    extras = install_extras(os.environ.get("RECOVLA_ACCELERATOR"))
     if not PY.exists():
         print(f"[dev] creating virtual environment {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == digest:
         return
-    print("[dev] installing recovla-jax and its dependencies (about a minute on first run)", flush=True)
+    print(f"[dev] installing recovla-jax[{extras}] and its dependencies (about a minute on first run)", flush=True)
     subprocess.run([str(PY), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-    subprocess.run([str(PY), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]"], check=True)
+    subprocess.run([str(PY), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[{extras}]"], check=True)
     STAMP.write_text(digest)
 
 

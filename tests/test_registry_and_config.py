@@ -44,3 +44,29 @@ def test_observation_layout_documented(drawer_task):
     assert sum(f["size"] for f in layout) == drawer_task.observation_size == 24
     assert layout[0]["name"] == "tcp_pos" and layout[-1]["name"] == "drawer_vel"
     assert all(f["description"] for f in layout)
+
+
+def _dev_module():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("dev_entry", Path(__file__).resolve().parents[1] / "dev.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dev_installs_the_accelerator_extra_named_and_refuses_unknown_ones():
+    import tomllib
+    from pathlib import Path
+
+    dev = _dev_module()
+    assert dev.install_extras(None) == "test" and dev.install_extras("") == "test" and dev.install_extras("CPU") == "test"
+    assert dev.install_extras("cuda12") == "test,cuda12"
+    project = tomllib.loads((Path(dev.__file__).parent / "pyproject.toml").read_text())["project"]
+    jax_version = next(d for d in project["dependencies"] if d.startswith("jax==")).split("==")[1]
+    for name in dev.ACCELERATORS[1:]:  # every name dev.py accepts is an extra with JAX's plugin at the pinned version
+        assert project["optional-dependencies"][name] == [f"jax[{name}]=={jax_version}"]
+    with pytest.raises(SystemExit) as err:
+        dev.install_extras("cuda11")
+    assert "'cuda11'" in str(err.value) and "cuda12" in str(err.value) and "tpu" in str(err.value)

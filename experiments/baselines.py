@@ -324,7 +324,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
         env = make_env(starts, start_weights=start_weights)
         batched = wrap_batched(env, ppo_cfg.num_envs, int(config["episode_length"]),
                                rng=jax.random.PRNGKey(int(config["seed"]) + 1),
-                               randomization=randomization)
+                               randomization=randomization, desync_episodes=bool(config.get("desync_episodes", False)))
         trainer = FinetunePPOTrainer(batched, ppo_cfg, base, mesh=mesh) if finetune else PPOTrainer(batched, ppo_cfg, mesh=mesh)
         curve: list[dict] = []
         extra = f" + {len(starts) - len(train_bank)} expert-path states" if len(starts) > len(train_bank) else ""

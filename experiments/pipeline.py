@@ -145,7 +145,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                           obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
                           hand_back_delay=delay, start_weights=start_weights)
         batched = wrap_batched(env, ppo_cfg.num_envs, args.episode_length, rng=jax.random.PRNGKey(args.seed + 1),
-                               randomization=randomization)
+                               randomization=randomization, desync_episodes=bool(getattr(args, "desync_episodes", False)))
         trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
         curve = []
         with TrainingProgress(console, name, ppo_cfg.num_iterations, disable=jax.process_index() != 0) as bar:
@@ -198,6 +198,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     if paths is not None:
         results["expert_path_starts"] = {"fraction": path_fraction, "stride": path_stride, "path_states": len(paths),
                                          "expert_on_train_states": paths.meta.get("expert", {})}
+    if getattr(args, "desync_episodes", False):
+        results["desync_episodes"] = True
     results["bank"] = {"counts": counts, "collection": bank.meta.get("collection", {})}
     results["base_policy"] = {"name": base.name, "nominal_success": base.info.get("nominal_success")}
     results["wall_seconds"] = time.time() - t_start

@@ -60,6 +60,9 @@ def _protocol_lines(results: dict) -> list[str]:
         lines.append(f"- expert-path starts: {p['fraction']:.0%} of training episodes start on one of {p['path_states']} states "
                      f"along the expert's recoveries from train states (every {p['stride']} steps); the training-success "
                      "curve counts those episodes too, the table below only held-out failure states")
+    if results.get("desync_episodes"):
+        lines.append("- desynchronized episodes: each training env's first episode was cut at a random length, so PPO "
+                     "updates mix every phase of the episode (training only)")
     return lines
 
 

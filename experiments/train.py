@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "states only, no expert actions are imitated; evaluation starts from held-out failure states)")
     p.add_argument("--expert-path-stride", type=int, default=10, metavar="STEPS",
                    help="with --expert-path-starts: keep a state every STEPS steps of each expert recovery")
+    p.add_argument("--desync-episodes", action="store_true",
+                   help="cut each training env's first episode at a random length so envs do not start and end in "
+                        "lockstep (each PPO update then mixes every phase of the episode); evaluation is unchanged")
     p.add_argument("--residual-penalty", type=float, default=None, help="override the mask's residual_magnitude weight")
     p.add_argument("--reward-weight", action="append", default=[], type=reward_weight_arg, metavar="COMPONENT=WEIGHT",
                    help="set one reward component's weight in every mode's mask (repeatable; 0 drops it): an ablation "

@@ -248,6 +248,33 @@ def test_auto_reset_resamples_starts_and_restores_episode_info():
     assert not np.array_equal(fresh.info["tag"], s0.info["tag"])
 
 
+def test_desync_episodes_cuts_only_the_first_episode_at_random_lengths():
+    """`desync_episodes`: each env's first episode ends by time limit after 1..L steps, spread over that range;
+    every later episode runs the full L steps again. Without it all envs end together at step L."""
+    n, limit = 64, 6
+    ends: dict[bool, np.ndarray] = {}
+    for desync in (False, True):
+        env = wrap_batched(_TaggedPointReach(), n, limit, desync_episodes=desync)
+        step = jax.jit(env.step_with_final_obs)
+        s = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(0), n))
+        done_at, trunc = [], []
+        for _ in range(3 * limit):
+            s, _ = step(s, jnp.zeros((n, 2)))  # zero action: PointReach never reaches its goal from a reset
+            done_at.append(np.asarray(s.done))
+            trunc.append(np.asarray(s.info["truncation"]))
+        done_at, trunc = np.stack(done_at), np.stack(trunc)
+        np.testing.assert_array_equal(done_at, trunc)  # every end is a time limit (the value bootstrap covers it)
+        first = done_at.argmax(axis=0) + 1
+        for e in range(n):  # after the first end, episodes last exactly `limit` steps
+            later = np.flatnonzero(done_at[:, e]) + 1
+            assert np.all(np.diff(later) == limit), (e, later)
+        ends[desync] = first
+    assert np.all(ends[False] == limit)
+    assert ends[True].min() >= 1 and ends[True].max() <= limit and len(set(ends[True].tolist())) == limit
+    with pytest.raises(ValueError, match="desync_episodes needs auto_reset"):
+        wrap_batched(_TaggedPointReach(), n, limit, auto_reset=False, desync_episodes=True)
+
+
 def test_policy_loss_ignores_steps_the_residual_did_not_drive():
     """Hand-back: steps with active == 0 (the base drove alone) change neither the policy loss, its advantage
     normalisation nor the KL estimate; the critic still learns from them."""

@@ -81,6 +81,8 @@ def test_infer_run_method():
     assert infer_run_method({"selector": "rules", "hand_back": True, "expert_path_starts": 0.5}, None) == (
         "recovla-rules-handback-paths", "ReCoVLA (rules), hand-back, expert-path starts")
     assert infer_run_method({"selector": "rules", "expert_path_starts": 0.0}, None)[0] == "recovla-rules"
+    assert infer_run_method({"selector": "rules", "hand_back": True, "desync_episodes": True}, None) == (
+        "recovla-rules-handback-desync", "ReCoVLA (rules), hand-back, desynced episodes")
 
 
 def test_report_builder_on_fixture_runs(tmp_path, fixture_runs):
@@ -300,3 +302,5 @@ def test_summary_names_hand_back_and_expert_path_starts():
                              "expert_path_starts": {"fraction": 0.5, "path_states": 1234, "stride": 10}})
     assert len(lines) == 2 and "+50 steps" in lines[0]
     assert "50% of training episodes" in lines[1] and "1234 states" in lines[1] and "only held-out failure states" in lines[1]
+    desync = _protocol_lines({"eval_conditions": {}, "desync_episodes": True})
+    assert len(desync) == 1 and "first episode was cut at a random length" in desync[0]

@@ -261,6 +261,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
 
     from recovla_jax.failures import expert_paths
     from recovla_jax.rewards.full_mask import full_reward_mask, full_reward_weights
+    from recovla_jax.sim.episode_desync import maybe_desync
     from recovla_jax.sim.wrappers import wrap_batched
     from recovla_jax.training.finetune_env import FinetuneEnv, FinetunePPOTrainer
     from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh, train
@@ -322,9 +323,9 @@ def run_baseline(args: argparse.Namespace) -> dict:
         train_bank = _merge([bank.select(m, "train") for m in modes])
         starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
         env = make_env(starts, start_weights=start_weights)
-        batched = wrap_batched(env, ppo_cfg.num_envs, int(config["episode_length"]),
-                               rng=jax.random.PRNGKey(int(config["seed"]) + 1),
-                               randomization=randomization, desync_episodes=bool(config.get("desync_episodes", False)))
+        batched = maybe_desync(wrap_batched(env, ppo_cfg.num_envs, int(config["episode_length"]),
+                                            rng=jax.random.PRNGKey(int(config["seed"]) + 1), randomization=randomization),
+                               int(config["episode_length"]), bool(config.get("desync_episodes", False)))
         trainer = FinetunePPOTrainer(batched, ppo_cfg, base, mesh=mesh) if finetune else PPOTrainer(batched, ppo_cfg, mesh=mesh)
         curve: list[dict] = []
         extra = f" + {len(starts) - len(train_bank)} expert-path states" if len(starts) > len(train_bank) else ""

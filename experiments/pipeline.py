@@ -21,6 +21,7 @@ from recovla_jax.failures import expert_paths
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
 from recovla_jax.policies.bc import load_or_train_base_policy
 from recovla_jax.sim.randomization import DomainRandomization
+from recovla_jax.sim.episode_desync import maybe_desync
 from recovla_jax.sim.wrappers import wrap_batched
 from recovla_jax.tasks import get_task, task_class
 
@@ -144,8 +145,9 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         env = ResidualEnv(task, base, starts, weights, alpha=args.alpha,
                           obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
                           hand_back_delay=delay, start_weights=start_weights)
-        batched = wrap_batched(env, ppo_cfg.num_envs, args.episode_length, rng=jax.random.PRNGKey(args.seed + 1),
-                               randomization=randomization, desync_episodes=bool(getattr(args, "desync_episodes", False)))
+        batched = maybe_desync(wrap_batched(env, ppo_cfg.num_envs, args.episode_length, rng=jax.random.PRNGKey(args.seed + 1),
+                                            randomization=randomization),
+                               args.episode_length, bool(getattr(args, "desync_episodes", False)))
         trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
         curve = []
         with TrainingProgress(console, name, ppo_cfg.num_iterations, disable=jax.process_index() != 0) as bar:

@@ -249,12 +249,14 @@ def test_auto_reset_resamples_starts_and_restores_episode_info():
 
 
 def test_desync_episodes_cuts_only_the_first_episode_at_random_lengths():
-    """`desync_episodes`: each env's first episode ends by time limit after 1..L steps, spread over that range;
+    """`DesyncedFirstEpisodes` (train --desync-episodes): each env's first episode ends by time limit after 1..L steps, spread over that range;
     every later episode runs the full L steps again. Without it all envs end together at step L."""
+    from recovla_jax.sim.episode_desync import DesyncedFirstEpisodes, maybe_desync
+
     n, limit = 64, 6
     ends: dict[bool, np.ndarray] = {}
     for desync in (False, True):
-        env = wrap_batched(_TaggedPointReach(), n, limit, desync_episodes=desync)
+        env = maybe_desync(wrap_batched(_TaggedPointReach(), n, limit), limit, desync)
         step = jax.jit(env.step_with_final_obs)
         s = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(0), n))
         done_at, trunc = [], []
@@ -271,8 +273,8 @@ def test_desync_episodes_cuts_only_the_first_episode_at_random_lengths():
         ends[desync] = first
     assert np.all(ends[False] == limit)
     assert ends[True].min() >= 1 and ends[True].max() <= limit and len(set(ends[True].tolist())) == limit
-    with pytest.raises(ValueError, match="desync_episodes needs auto_reset"):
-        wrap_batched(_TaggedPointReach(), n, limit, auto_reset=False, desync_episodes=True)
+    with pytest.raises(ValueError, match="needs brax's EpisodeWrapper"):
+        DesyncedFirstEpisodes(_TaggedPointReach(), limit).reset(jax.random.PRNGKey(0))  # no episode wrapper inside
 
 
 def test_policy_loss_ignores_steps_the_residual_did_not_drive():

@@ -11,12 +11,6 @@ training run sees only `num_envs` distinct failure states however large the bank
 the physics state and observation, not the episode's own info (failure mode, reward weights, latency).
 Here `refresh_starts` redraws every env's next start (the trainer calls it once per iteration: one batched
 reset per unroll), and the env's `episode_start_info` keys are restored with the start.
-
-`desync_episodes` (off by default) cuts each env's first episode at a random length in [1, episode_length] so
-that episodes do not start and end in lockstep. Without it, envs that never succeed early end together, and
-each PPO iteration (`unroll_length` steps of every env) holds only one slice of the episode: steps 0-19 in one
-update, 20-39 in the next, and so on. The cut is a time-limit truncation and the value bootstrap covers it. Isaac
-Gym's legged_gym does the same with random initial episode-length counters.
 """
 
 from __future__ import annotations
@@ -78,10 +72,9 @@ def _where_done(done: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
 class ResamplingAutoResetWrapper(brax_training.AutoResetWrapper):
     """Auto-reset to a per-env start that `refresh_starts` redraws; restores the start's episode info too."""
 
-    def __init__(self, env: Env, desync_length: int = 0):
+    def __init__(self, env: Env):
         super().__init__(env)
         self.start_info_keys: tuple[str, ...] = tuple(getattr(env.unwrapped, "episode_start_info", ()))
-        self.desync_length = int(desync_length)  # > 0: first episodes end after a random 1..desync_length steps
 
     def _remember(self, state: State, fresh: State) -> State:
         info = dict(state.info)
@@ -91,16 +84,8 @@ class ResamplingAutoResetWrapper(brax_training.AutoResetWrapper):
         return state.replace(info=info)
 
     def reset(self, rng: jax.Array) -> State:
-        fresh = self.env.reset(rng)
-        state = self._remember(fresh, fresh)
-        if self.desync_length and "steps" in state.info:
-            # The episode wrapper ends an episode once its step counter reaches the limit: starting the counters
-            # at 0..limit-1 ends the first episodes after limit..1 steps.
-            offsets = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 1), (), 0, self.desync_length))(rng)
-            info = dict(state.info)
-            info["steps"] = offsets.astype(state.info["steps"].dtype)
-            state = state.replace(info=info)
-        return state
+        state = self.env.reset(rng)
+        return self._remember(state, state)
 
     def refresh_starts(self, state: State, rng: jax.Array) -> State:
         """Draw a new start (batched `rng` keys) for each env's next episode; the running episodes go on."""
@@ -135,12 +120,8 @@ def wrap_batched(
     rng: jax.Array | None = None,
     randomization: DomainRandomization | None = None,
     auto_reset: bool = True,
-    desync_episodes: bool = False,
 ) -> Env:
-    """Episode limits + vmap over `num_envs` (with per-env randomized models when `randomization` is set);
-    `desync_episodes` cuts each env's first episode at a random length (see the module docstring)."""
-    if desync_episodes and not auto_reset:
-        raise ValueError("desync_episodes needs auto_reset: only the auto-reset wrapper restarts the cut episodes")
+    """Episode limits + vmap over `num_envs` (with per-env randomized models when `randomization` is set)."""
     env = brax_training.EpisodeWrapper(env, episode_length, action_repeat=1)
     if randomization is not None:
         if rng is None:
@@ -150,5 +131,5 @@ def wrap_batched(
     else:
         env = brax_training.VmapWrapper(env)
     if auto_reset:
-        env = ResamplingAutoResetWrapper(env, desync_length=episode_length if desync_episodes else 0)
+        env = ResamplingAutoResetWrapper(env)
     return env

@@ -20,8 +20,8 @@ from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures import expert_paths
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
 from recovla_jax.policies.bc import load_or_train_base_policy
-from recovla_jax.sim.randomization import DomainRandomization
 from recovla_jax.sim.episode_desync import maybe_desync
+from recovla_jax.sim.randomization import DomainRandomization
 from recovla_jax.sim.wrappers import wrap_batched
 from recovla_jax.tasks import get_task, task_class
 

@@ -15,9 +15,10 @@ Prints a table and writes <run>/authority.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from recovla_jax.utils.run_dirs import write_run_record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,8 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                       _cell(record["modes"][mode]["trained"]))
     record["seconds"] = round(time.time() - t0, 1)
     console.print(table)
-    out = Path(args.out) if args.out else Path(args.run) / "authority.json"
-    out.write_text(json.dumps(record, indent=2))
+    out = write_run_record(record, args.run, args.out, "authority.json")
     console.print(f"wrote {out}")
     return record
 

@@ -15,10 +15,11 @@ can finish. Writes <run>/handback.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from recovla_jax.utils.run_dirs import write_run_record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     record["average"] = {k: float(np.mean([c[k]["rate"] for c in record["modes"].values()]))
                          for k in ("base", "whole_episode", "hand_back")}
     record["wall_seconds"] = time.time() - t0
-    out = Path(args.out) if args.out else Path(args.run) / "handback.json"
-    out.write_text(json.dumps(record, indent=2, default=float))
+    out = write_run_record(record, args.run, args.out, "handback.json")
     a = record["average"]
     console.print(f"average: base alone {a['base']:.1%}  whole episode {a['whole_episode']:.1%}  hand-back {a['hand_back']:.1%}"
                   f"  ({record['wall_seconds'] / 60:.1f} min) -> {out}")

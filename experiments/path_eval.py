@@ -14,10 +14,11 @@ diagnosis, never a result; the run's held-out numbers stay in results.json. Writ
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from recovla_jax.utils.run_dirs import write_run_record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         console.print(f"{m} path step {step:3d}: residual {cell['residual']['rate']:.1%}  base alone {cell['base']['rate']:.1%}"
                       f"  n={idx.size}")
     record["wall_seconds"] = time.time() - t0
-    out = Path(args.out) if args.out else run / "path_eval.json"
-    out.write_text(json.dumps(record, indent=2, default=float))
+    out = write_run_record(record, run, args.out, "path_eval.json")
     console.print(f"({record['wall_seconds'] / 60:.1f} min) -> {out}")
     return record
 

@@ -20,3 +20,10 @@ def bank_dir(run_dir: Path) -> Path:
     if named and (Path(named) / "bank.npz").exists():
         return Path(named)
     raise RunDirError(f"{run_dir} has no bank/bank.npz" + (f" and its --bank-dir {named} has none either" if named else ""))
+
+
+def write_run_record(record: dict, run_dir: Path | str, out: str | None, name: str) -> Path:
+    """Write a run diagnosis's JSON record to `out`, or to RUN/`name` when `out` is unset; returns the path."""
+    path = Path(out) if out else Path(run_dir) / name
+    path.write_text(json.dumps(record, indent=2, default=float))
+    return path

@@ -9,7 +9,9 @@ seed, and reports success per failure mode (Wilson 95% CI, n) for the base alone
 as the MJX evaluation applied it (the whole episode; for a `train --hand-back` run, exactly the steps the
 simulator labels a failure), and the full runtime (monitor, oracle or rules
 selector, switching, safety), next to the MJX success of the same policies from RUN/results.json, plus
-nominal-task success with the runtime on vs the base alone. Writes sim2sim.json and sim2sim.md into
+nominal-task success with the runtime on vs the base alone. Writes sim2sim.json, sim2sim.md (with the
+episodes the runtime loses against the policy alone) and episodes.jsonl (one line per episode and arm: success,
+steps, every runtime switch with its step and reason) into
 --out (default RUN/sim2sim). Uses RUN/export (run `python -m experiments.export` first; if it is
 missing it is created). Imports no JAX unless it has to export.
 """
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="training run directory")
     p.add_argument("--backend", choices=["mujoco"], default="mujoco", help="robot backend (native MuJoCo proxy)")
     p.add_argument("--export-dir", default=None, help="exported models (default RUN/export)")
-    p.add_argument("--out", default=None, help="where sim2sim.json/.md go (default RUN/sim2sim)")
+    p.add_argument("--out", default=None, help="where sim2sim.json/.md and episodes.jsonl go (default RUN/sim2sim)")
     p.add_argument("--episodes-per-mode", type=int, default=None, help="held-out states per failure mode (default: all)")
     p.add_argument("--nominal-episodes", type=int, default=100, help="nominal-start episodes per arm (0: skip)")
     p.add_argument("--max-steps", type=int, default=None, help="control steps per episode (default: training's episode length)")

@@ -56,6 +56,29 @@ def test_runtime_and_native_evaluation_run_without_jax(fake_run, fake_export, tm
         assert e["mjx"]["recovla"]["trials"] == 4 and e["gap"]["policy_minus_mjx_recovla"] is not None
     assert res["nominal"]["n"] == 1 and res["latency_ms"]["base_policy"]["n"] > 0
     assert "| missed_handle" in (out / "sim2sim.md").read_text()
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert "episodes" not in res and len(episodes) == 3 * 4 + 1 * 3  # modes x failure arms + nominal x nominal arms
+    assert {(e["group"], e["arm"]) for e in episodes} >= {("missed_handle", "runtime_rules"), ("nominal", "base")}
+    for e in episodes:
+        assert 1 <= e["steps"] <= 12 and all(sw["step"] <= e["steps"] for sw in e["switches"])
+        assert (e["state"] is None) == (e["group"] == "nominal")
+        assert e["arm"] != "base" or (not e["switches"] and e["recovery_steps"] == 0)
+
+
+def test_runtime_losses_split_by_the_runtimes_first_switch():
+    from recovla_jax.evaluation.sim2sim import runtime_losses
+
+    def ep(arm, state, success, *to):
+        return {"group": "jam", "arm": arm, "state": state, "success": success,
+                "switches": [{"step": 1 + k, "to": t, "reason": "r"} for k, t in enumerate(to)]}
+
+    episodes = [ep("policy", 0, True, "jam"), ep("runtime_rules", 0, False),             # never switched
+                ep("policy", 1, True, "jam"), ep("runtime_rules", 1, False, "tilt", "jam"),  # first to another mode
+                ep("policy", 2, True, "jam"), ep("runtime_rules", 2, False, "jam", None),    # own mode, handed back
+                ep("policy", 3, False, "jam"), ep("runtime_rules", 3, False),                # the policy lost it too
+                ep("policy", 4, True, "jam"), ep("runtime_rules", 4, True, "jam")]           # both won
+    assert runtime_losses(episodes) == {("jam", "runtime_rules"): {"lost": 3, "never_switched": 1, "other_mode": 1, "own_mode": 1}}
+    assert runtime_losses(episodes[6:]) == {}
 
 
 # ---------------------------------------------------------------------------------------------- stubs
@@ -146,7 +169,7 @@ def test_runtime_switches_on_diagnosis_and_back_on_progress(fake_export, caplog)
     m = load_manifest(fake_export)
     res = np.array([0.1, 0, 0, 0, 0, 0, 0])
     rt, sel = _runtime(m, {"missed_handle": StubPolicy([res] * 100)}, confirm_checks=2, confirm_every=3,
-                       release_on="progress")
+                       start_confirm_checks=2, release_on="progress")
     with caplog.at_level(logging.INFO, logger="recovla.runtime"):
         acts = [rt.step(_obs(0.0)) for _ in range(4)]  # start check at 1, confirmed at 4
     assert rt.mode == "missed_handle" and acts[2][0] == 0.0 and acts[3][0] == pytest.approx(0.1)
@@ -165,6 +188,28 @@ def test_runtime_switches_on_diagnosis_and_back_on_progress(fake_export, caplog)
     off = RecoveryRuntime(m, StubBase(), {"missed_handle": StubPolicy([])}, sel, enabled=False, clock=lambda: 0.0)
     sel.set_label("missed_handle")
     assert all(off.step(_obs()).sum() == 0 for _ in range(30)) and not off.events
+
+
+def test_start_diagnosis_switches_at_once_while_later_triggers_still_need_confirmation(fake_export):
+    """The episode's first diagnosis (a state handed over at rest) switches on one selector call by default; a
+    stall-triggered one mid-episode still needs `confirm_checks` agreeing calls."""
+    m = load_manifest(fake_export)
+    res = np.array([0.1, 0, 0, 0, 0, 0, 0])
+    rt, sel = _runtime(m, {"missed_handle": StubPolicy([res] * 100)}, confirm_checks=2, confirm_every=3)
+    assert rt.step(_obs(0.0))[0] == pytest.approx(0.1) and rt.mode == "missed_handle"
+    assert rt.events[-1].detail["reason"] == "start: selector oracle diagnosed missed_handle"
+    sel.set_label(None)
+    rt2, sel2 = _runtime(m, {"missed_handle": StubPolicy([res] * 100)}, confirm_checks=2, confirm_every=3,
+                         stall_steps=5, check_every=0, label=None)
+    for _ in range(5):
+        rt2.step(_obs(0.0))
+    sel2.set_label("missed_handle")
+    rt2.step(_obs(0.0))  # step 6: 5 steps without progress, the stall trigger's first diagnosis only
+    assert rt2.mode is None and rt2.events[-1].detail["trigger"] == "stall"
+    for _ in range(3):
+        rt2.step(_obs(0.0))  # step 9: the confirming call agrees
+    sw = [e for e in rt2.events if e.kind == "switch"]
+    assert rt2.mode == "missed_handle" and sw[0].step == 9 and "stall: selector oracle diagnosed missed_handle (2x)" in sw[0].detail["reason"]
 
 
 def test_hand_back_policy_is_released_as_soon_as_the_selector_sees_no_failure(fake_export):

@@ -71,6 +71,12 @@ class EpisodeResult:
     success: bool
     steps: int
     summary: dict
+    switches: list[dict] = field(default_factory=list)  # {"step", "to", "reason"} per runtime switch, in order
+
+    def record(self, group: str, arm: str, state: int | None) -> dict:
+        """One line of episodes.jsonl: enough to see where a runtime arm lost an episode another arm won."""
+        return {"group": group, "arm": arm, "state": state, "success": self.success, "steps": self.steps,
+                "recovery_steps": self.summary["recovery_steps"], "switches": self.switches}
 
 
 def episode_seed(seed: int, group: str, index: int) -> int:
@@ -124,8 +130,12 @@ def run_episode(robot: NativeRobot, runtime: RecoveryRuntime, start: dict | None
             physics_times.append(time.perf_counter() - t0)
         obs = robot.get_observation()
         if robot.success():
-            return EpisodeResult(True, k + 1, runtime.summary())
-    return EpisodeResult(False, max_steps, runtime.summary())
+            return EpisodeResult(True, k + 1, runtime.summary(), _switches(runtime))
+    return EpisodeResult(False, max_steps, runtime.summary(), _switches(runtime))
+
+
+def _switches(runtime: RecoveryRuntime) -> list[dict]:
+    return [{"step": e.step, "to": e.detail["to"], "reason": e.detail["reason"]} for e in runtime.events if e.kind == "switch"]
 
 
 class Sim2SimEvaluator:
@@ -160,7 +170,7 @@ class Sim2SimEvaluator:
     def run(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...],
             mjx_results: dict | None, on_episode: Callable[[str, str, bool], None] | None = None) -> dict:
         cfg, man = self.cfg, self.manifest
-        out: dict = {"modes": {}, "nominal": {}}
+        out: dict = {"modes": {}, "nominal": {}, "episodes": []}
         held = np.asarray(bank_arrays["split"]) == 1
         for m in man.failure_modes:
             if m not in self.library:
@@ -179,6 +189,7 @@ class Sim2SimEvaluator:
                 for arm in FAILURE_ARMS:
                     r = run_episode(self.robot, self.runtimes[arm], start, seed, self.max_steps, self.physics_times)
                     arms[arm].append(r)
+                    out["episodes"].append(r.record(m, arm, int(i)))
                     if on_episode:
                         on_episode(m, arm, r.success)
             mjx = (mjx_results or {}).get(m, {})
@@ -202,6 +213,7 @@ class Sim2SimEvaluator:
                 for arm in NOMINAL_ARMS:
                     r = run_episode(self.robot, self.runtimes[arm], None, seed, self.max_steps, self.physics_times)
                     arms[arm].append(r)
+                    out["episodes"].append(r.record("nominal", arm, None))
                     if on_episode:
                         on_episode("nominal", arm, r.success)
             out["nominal"] = {"n": cfg.nominal_episodes, "native": {a: _rate(rs) for a, rs in arms.items()},
@@ -252,6 +264,21 @@ def _aggregate(summaries: list[dict]) -> dict:
     return out
 
 
+def runtime_losses(episodes: list[dict]) -> dict[tuple[str, str], dict[str, int]]:
+    """Per (failure mode, runtime arm): episodes the `policy` arm won and the runtime lost, split by the runtime's
+    first switch (none / to another mode's policy / to the state's own mode). Only modes with such losses appear."""
+    won = {(e["group"], e["state"]) for e in episodes if e["arm"] == "policy" and e["success"]}
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for e in episodes:
+        if not e["arm"].startswith("runtime") or e["success"] or (e["group"], e["state"]) not in won:
+            continue
+        c = out.setdefault((e["group"], e["arm"]), {"lost": 0, "never_switched": 0, "other_mode": 0, "own_mode": 0})
+        c["lost"] += 1
+        first = e["switches"][0]["to"] if e["switches"] else None
+        c["never_switched" if first is None else "own_mode" if first == e["group"] else "other_mode"] += 1
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ report
 def _fmt(r: dict | None) -> str:
     if not r:
@@ -265,8 +292,10 @@ def _pp(x: float | None) -> str:
 
 def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
-    jpath, mpath = out_dir / "sim2sim.json", out_dir / "sim2sim.md"
-    jpath.write_text(json.dumps(results, indent=2))
+    jpath, mpath, epath = out_dir / "sim2sim.json", out_dir / "sim2sim.md", out_dir / "episodes.jsonl"
+    episodes = results.get("episodes", [])
+    jpath.write_text(json.dumps({k: v for k, v in results.items() if k != "episodes"}, indent=2))
+    epath.write_text("".join(json.dumps(e) + "\n" for e in episodes))
     c = results["config"]
     lines = [
         f"# Zero-shot sim-to-sim: task `{results['task']}`, native MuJoCo",
@@ -298,6 +327,15 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         f = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
         lines.append(f"| **average** | {f(a['mjx_base'])} | {f(a['mjx_recovla'])} | {f(a['base'])} | {f(a['policy'])} | "
                      f"{f(a['runtime_oracle'])} | {f(a['runtime_rules'])} | |")
+    lost = runtime_losses(episodes)
+    if lost:
+        lines += ["", "## Where the runtime loses what the policy alone recovers", "",
+                  "Episodes (same state, dynamics and seed) the residual on for the whole episode recovers and the runtime "
+                  "does not, by the runtime's first switch; per-episode switches in `episodes.jsonl`.", "",
+                  "| failure mode | runtime arm | lost | never switched | first switch to another mode | switched to the state's mode |",
+                  "|---|---|---|---|---|---|"]
+        for (m, arm), c in lost.items():
+            lines.append(f"| {m} | {arm} | {c['lost']} | {c['never_switched']} | {c['other_mode']} | {c['own_mode']} |")
     if results.get("nominal"):
         nom = results["nominal"]
         lines += ["", "## Nominal task (runtime must not break what worked)", "",

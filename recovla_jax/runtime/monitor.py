@@ -4,7 +4,8 @@ Triggers for a diagnosis while the base policy drives: the first step of an epis
 unknown state), task progress stalled for `stall_steps`, a timeout, and a periodic check (by default
 only while progress has not moved for `check_every` steps: a drawer that is opening is not failing, and
 per-state labels fire transiently during normal grasping and pulling). A diagnosis must repeat
-`confirm_checks` times, `confirm_every` steps apart, before the runtime switches. During a
+`confirm_checks` times, `confirm_every` steps apart, before the runtime switches (`start_confirm_checks`,
+by default 1, for the start trigger). During a
 recovery: success, or progress resumed (`resume_progress` beyond where recovery started), returns
 control to the base; a recovery that makes no progress for `recovery_stall_steps` is re-diagnosed. A policy
 trained with hand-back is also checked every `hand_back_check_every` steps and released once the selector
@@ -27,6 +28,11 @@ class MonitorConfig(BaseModel):
     periodic_requires_stall: bool = Field(True, description="skip periodic checks while progress moved in the last check_every steps")
     confirm_checks: int = Field(2, ge=1, description="same diagnosis this many times in a row before switching")
     confirm_every: int = Field(3, ge=1, description="steps between confirming selector calls")
+    # The episode's first diagnosis sees the robot at rest in the state it was handed, not mid-motion, so the
+    # transient labels that `confirm_checks` filters are not its risk; the steps the base drives while waiting
+    # are: on peg_insert jammed_halfway (native MuJoCo) three base steps un-wedged the label but not the peg,
+    # and the runtime never switched in 6 of 80 episodes the residual alone recovers.
+    start_confirm_checks: int = Field(1, ge=1, description="same diagnosis this many times in a row before switching on the start trigger")
     stall_steps: int = Field(25, ge=1, description="no progress for this many steps triggers a diagnosis")
     progress_eps: float = Field(0.002, gt=0, description="progress increase that counts as progress")
     timeout_steps: int = Field(0, ge=0, description="diagnose once when the task is not done after N steps (0: off)")

@@ -127,7 +127,7 @@ class RecoveryRuntime:
             self.pending = None
             if mode is not None and mode == cand:
                 n += 1
-                if n >= cfg.confirm_checks:
+                if n >= self._checks_needed(first):
                     self._switch(mode, f"{first}: selector {self.selector.name} diagnosed {mode} ({n}x)")
                     return
                 self.pending = (mode, n, self.t + cfg.confirm_every, first)
@@ -139,10 +139,15 @@ class RecoveryRuntime:
         mode = self._diagnose(obs, trigger)
         if mode is None:
             return
-        if cfg.confirm_checks <= 1:
+        if self._checks_needed(trigger) <= 1:
             self._switch(mode, f"{trigger}: selector {self.selector.name} diagnosed {mode}")
         else:
             self.pending = (mode, 1, self.t + cfg.confirm_every, trigger)
+
+    def _checks_needed(self, trigger: str) -> int:
+        """Agreeing diagnoses before a switch: the start trigger has its own (smaller) count, see MonitorConfig."""
+        cfg = self.monitor.cfg
+        return cfg.start_confirm_checks if trigger == "start" else cfg.confirm_checks
 
     def _hand_back_due(self) -> bool:
         """A hand-back policy is driving (manifest `hand_back`) and its periodic selector check is due. It is

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments.training_progress import TrainingProgress
+from experiments.policy_training import MetricsSink, starts_description, train_policy, training_env
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -261,10 +261,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
 
     from recovla_jax.failures import expert_paths
     from recovla_jax.rewards.full_mask import full_reward_mask, full_reward_weights
-    from recovla_jax.sim.episode_desync import maybe_desync
-    from recovla_jax.sim.wrappers import wrap_batched
     from recovla_jax.training.finetune_env import FinetuneEnv, FinetunePPOTrainer
-    from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh, train
+    from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh
     from recovla_jax.training.residual_env import ResidualEnv
 
     budget = resolve_budget(config, args)
@@ -317,33 +315,19 @@ def run_baseline(args: argparse.Namespace) -> dict:
            else f" [yellow](run's budget: {config['num_envs']} envs, {int(config['timesteps']):,} steps)[/]"))
     log(f"full reward mask: {mask}")
     writer = SummaryWriter(str(out / "tensorboard"))
-    metrics_path = out / "metrics.jsonl"
+    sink = MetricsSink(writer, out / "metrics.jsonl")
     params_by_group, trainer = {}, None
     for name, modes in groups.items():
         train_bank = _merge([bank.select(m, "train") for m in modes])
         starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
-        env = make_env(starts, start_weights=start_weights)
-        batched = maybe_desync(wrap_batched(env, ppo_cfg.num_envs, int(config["episode_length"]),
-                                            rng=jax.random.PRNGKey(int(config["seed"]) + 1), randomization=randomization),
-                               int(config["episode_length"]), bool(config.get("desync_episodes", False)))
+        batched = training_env(make_env(starts, start_weights=start_weights), ppo_cfg.num_envs, int(config["episode_length"]),
+                               int(config["seed"]), randomization, bool(config.get("desync_episodes", False)))
         trainer = FinetunePPOTrainer(batched, ppo_cfg, base, mesh=mesh) if finetune else PPOTrainer(batched, ppo_cfg, mesh=mesh)
-        curve: list[dict] = []
-        extra = f" + {len(starts) - len(train_bank)} expert-path states" if len(starts) > len(train_bank) else ""
-        log(f"training '{name}' on {len(train_bank)} failure states{extra} ({ppo_cfg.num_iterations} iterations; "
+        log(f"training '{name}' on {starts_description(len(train_bank), len(starts))} ({ppo_cfg.num_iterations} iterations; "
             "the first compiles)")
-        with TrainingProgress(console, f"{args.method}/{name}", ppo_cfg.num_iterations) as bar:
-            def on_metrics(it: int, m: dict, _name=name, _curve=curve, _bar=bar) -> None:
-                _curve.append(m)
-                _bar.update(it, m)
-                for k, v in m.items():
-                    if np.isfinite(v):
-                        writer.add_scalar(f"{_name}/{k}", v, m["env_steps"])
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps({"policy": _name, **m}) + "\n")
-
-            ts, _ = train(trainer, ppo_cfg, resume=args.resume, checkpoint_dir=ckpt_root / name, on_metrics=on_metrics)
+        ts, record["curves"][name] = train_policy(name, f"{args.method}/{name}", trainer, ppo_cfg, console=console, sink=sink,
+                                                  checkpoint_dir=ckpt_root / name, resume=args.resume)
         params_by_group[name] = jax.device_get((ts.params, ts.normalizer))
-        record["curves"][name] = curve
     writer.close()
     group_of = {m: g for g, ms in groups.items() for m in ms}
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all groups)

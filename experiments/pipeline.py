@@ -14,18 +14,16 @@ from rich.console import Console
 from tensorboardX import SummaryWriter
 
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
-from experiments.training_progress import TrainingProgress
+from experiments.policy_training import MetricsSink, starts_description, train_policy, training_env
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures import expert_paths
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
 from recovla_jax.policies.bc import load_or_train_base_policy
-from recovla_jax.sim.episode_desync import maybe_desync
 from recovla_jax.sim.randomization import DomainRandomization
-from recovla_jax.sim.wrappers import wrap_batched
 from recovla_jax.tasks import get_task, task_class
 
-from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh, train
+from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh
 from recovla_jax.training.policy_bundle import write_policy_bundle
 from recovla_jax.training.residual_env import ResidualEnv
 from recovla_jax.utils.jax_setup import device_summary, on_accelerator, package_versions
@@ -134,8 +132,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         log(f"--expert-path-starts: {path_fraction:.0%} of training episodes start on one of {len(paths)} states along "
             f"the expert's recoveries (every {path_stride} steps)")
     groups = {m: [m] for m in usable} if args.policy == "per-mode" else {"conditioned": usable}
-    metrics_path = run_dir / "metrics.jsonl"
     writer = SummaryWriter(str(run_dir / "tensorboard")) if jax.process_index() == 0 else None
+    sink = MetricsSink(writer, run_dir / "metrics.jsonl") if writer is not None else None
     results: dict = {"task": task.name, "policy": args.policy, "selector": diagnosis["selector"], "mask": args.mask,
                      "diagnosis": diagnosis["per_mode"], "modes": {}, "curves": {}}
     policy_params = {}
@@ -145,27 +143,14 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         env = ResidualEnv(task, base, starts, weights, alpha=args.alpha,
                           obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
                           hand_back_delay=delay, start_weights=start_weights)
-        batched = maybe_desync(wrap_batched(env, ppo_cfg.num_envs, args.episode_length, rng=jax.random.PRNGKey(args.seed + 1),
-                                            randomization=randomization),
-                               args.episode_length, bool(getattr(args, "desync_episodes", False)))
+        batched = training_env(env, ppo_cfg.num_envs, args.episode_length, args.seed, randomization,
+                               bool(getattr(args, "desync_episodes", False)))
         trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
-        curve = []
-        with TrainingProgress(console, name, ppo_cfg.num_iterations, disable=jax.process_index() != 0) as bar:
-            def on_metrics(it: int, m: dict, _name=name, _bar=bar, _curve=curve) -> None:
-                _curve.append(m)
-                _bar.update(it, m)
-                if writer is not None:
-                    for k, v in m.items():
-                        if np.isfinite(v):  # episode means are NaN in iterations where no episode ended
-                            writer.add_scalar(f"{_name}/{k}", v, m["env_steps"])
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps({"policy": _name, **m}) + "\n")
-
-            extra = f" + {len(starts) - len(train_bank)} expert-path states" if len(starts) > len(train_bank) else ""
-            log(f"training residual '{name}' on {len(train_bank)} failure states{extra} "
-                f"({ppo_cfg.num_iterations} iterations; the first compiles the training step)")
-            ts, _ = train(trainer, ppo_cfg, resume=args.resume, checkpoint_dir=run_dir / "checkpoints" / name,
-                          on_metrics=on_metrics)
+        log(f"training residual '{name}' on {starts_description(len(train_bank), len(starts))} "
+            f"({ppo_cfg.num_iterations} iterations; the first compiles the training step)")
+        ts, curve = train_policy(name, name, trainer, ppo_cfg, console=console, sink=sink,
+                                 checkpoint_dir=run_dir / "checkpoints" / name, resume=args.resume,
+                                 disable_progress=jax.process_index() != 0)
         policy_params[name] = jax.device_get((ts.params, ts.normalizer))
         if jax.process_index() == 0:
             write_policy_bundle(run_dir, name, modes, task, base, env, ppo_cfg, args, descriptors)

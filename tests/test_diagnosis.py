@@ -581,3 +581,46 @@ def test_main_job_diagnosis_stage_uses_selector_and_wrong_mask_swaps(drawer_task
     for m, d in wrong.items():
         assert d.failure_mode != m and d.source.startswith("wrong-mask")
         assert d.reward_mask == descriptors[d.failure_mode].reward_mask
+
+
+def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task, drawer_base_policy, labelled_bank,
+                                                                     tmp_path, monkeypatch):
+    """`experiments.train` (one mode, 2 PPO iterations) on a saved bank, then `experiments.baselines --method=finetune`
+    on that run: every stage runs and leaves the files the report, export and runtime read. The cached test base
+    stands in for the cloned one (cloning the default base takes minutes)."""
+    import experiments.pipeline as pipeline
+    from experiments.baselines import main as baselines_main
+    from experiments.train import main as train_main
+
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(pipeline, "load_or_train_base_policy", lambda task, log=None: drawer_base_policy)
+    from recovla_jax.failures.bank import FailureBank
+
+    n, model = len(labelled_bank), drawer_task.mj_model  # the fixture's native rows carry no mocap arrays (the scene has none)
+    arrays = {"mocap_pos": np.zeros((n, model.nmocap, 3), np.float32), "mocap_quat": np.zeros((n, model.nmocap, 4), np.float32),
+              **labelled_bank.arrays}
+    FailureBank(labelled_bank.task, labelled_bank.modes, labelled_bank.stages, arrays, labelled_bank.meta).save(tmp_path / "bank")
+    run = tmp_path / "run"
+    train_main(["--task=drawer", f"--run-dir={run}", f"--bank-dir={tmp_path / 'bank'}", "--modes=missed_handle",
+                "--num-envs=8", "--timesteps=160", "--unroll-length=10", "--episode-length=20", "--diagnose-states=2",
+                "--checkpoint-every=1"])
+    results = json.loads((run / "results.json").read_text())
+    cell = results["modes"]["missed_handle"]
+    assert set(results["modes"]) == {"missed_handle"} and cell["heldout_states"] == int(
+        np.sum((labelled_bank.arrays["split"] == 1) & (labelled_bank.arrays["mode"] == 0)))
+    assert cell["recovla"]["trials"] == cell["base"]["trials"] == cell["heldout_states"]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2] and {m["policy"] for m in metrics} == {"missed_handle"}
+    for f in ("config.json", "descriptors.json", "diagnosis.json", "summary.md", "learning_curves.png",
+              "policies/missed_handle.json", "base_policy"):
+        assert (run / f).exists(), f
+    assert any((run / "tensorboard").iterdir()) and sorted(p.name for p in (run / "checkpoints" / "missed_handle").iterdir()
+                                                          if p.name.isdigit()) == ["1", "2"]
+
+    record = baselines_main([f"--run={run}", "--method=finetune", "--nominal-episodes=2"])
+    out = run / "baselines" / "finetune"
+    assert record["budget"]["budget_matches_run"] and record["modes"]["missed_handle"]["policy"]["trials"] == cell["heldout_states"]
+    assert record["nominal"]["policy"]["trials"] == record["nominal"]["base"]["trials"] == 2
+    ft_metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in ft_metrics] == [1, 2] and json.loads((out / "results.json").read_text())["method"] == "finetune"

@@ -1,0 +1,68 @@
+"""One policy's PPO training as the main job and the baselines both run it: batched env, progress bar, metrics.
+
+Both train one policy per group of failure modes from the same kind of starts; only the env, the trainer and
+the labels differ. One copy of this loop keeps their training identical (reset keys, domain randomization,
+desynchronized first episodes, metrics files, checkpoint layout), which the baselines' "same states, same
+budget, same conditions" claim rests on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from experiments.training_progress import TrainingProgress
+
+
+def training_env(env: Any, num_envs: int, episode_length: int, seed: int, randomization: Any, desync: bool) -> Any:
+    """The batched, auto-resetting training env of a run (reset keys from seed + 1), optionally desynchronized."""
+    import jax
+
+    from recovla_jax.sim.episode_desync import maybe_desync
+    from recovla_jax.sim.wrappers import wrap_batched
+
+    batched = wrap_batched(env, num_envs, episode_length, rng=jax.random.PRNGKey(seed + 1), randomization=randomization)
+    return maybe_desync(batched, episode_length, desync)
+
+
+def starts_description(train_states: int, starts: int) -> str:
+    """'N failure states' plus the expert-path states mixed in (`train --expert-path-starts`), for the log."""
+    extra = f" + {starts - train_states} expert-path states" if starts > train_states else ""
+    return f"{train_states} failure states{extra}"
+
+
+class MetricsSink:
+    """Each iteration's metrics to TensorBoard (finite values: an iteration where no episode ended has NaN episode
+    means) and to a JSONL file, tagged with the policy's name."""
+
+    def __init__(self, writer: Any, path: Path):
+        self.writer = writer
+        self.path = Path(path)
+
+    def __call__(self, name: str, metrics: dict) -> None:
+        for k, v in metrics.items():
+            if np.isfinite(v):
+                self.writer.add_scalar(f"{name}/{k}", v, metrics["env_steps"])
+        with self.path.open("a") as f:
+            f.write(json.dumps({"policy": name, **metrics}) + "\n")
+
+
+def train_policy(name: str, label: str, trainer: Any, ppo_cfg: Any, *, console: Console, sink: MetricsSink | None,
+                 checkpoint_dir: Path, resume: bool, disable_progress: bool = False) -> tuple[Any, list[dict]]:
+    """Train under a progress bar labelled `label`; returns (final training state, per-iteration metrics)."""
+    from recovla_jax.training.ppo import train
+
+    curve: list[dict] = []
+    with TrainingProgress(console, label, ppo_cfg.num_iterations, disable=disable_progress) as bar:
+        def on_metrics(it: int, m: dict) -> None:
+            curve.append(m)
+            bar.update(it, m)
+            if sink is not None:
+                sink(name, m)
+
+        ts, _ = train(trainer, ppo_cfg, resume=resume, checkpoint_dir=checkpoint_dir, on_metrics=on_metrics)
+    return ts, curve

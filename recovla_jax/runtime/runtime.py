@@ -83,6 +83,7 @@ class RecoveryRuntime:
     def reset(self) -> None:
         self.t = 0
         self.mode: str | None = None
+        self.entry: Any = None  # the driving recovery policy's manifest entry (hand_back, hand_back_delay, name)
         self.events: list[RuntimeEvent] = []
         self.last_grip = -1.0
         self.stale = False
@@ -101,12 +102,12 @@ class RecoveryRuntime:
         self.mode = to
         self.pending = None
         self.clear_steps = 0  # consecutive steps a hand-back policy's selector checks saw no failure
+        self.entry = getattr(self.library[to], "entry", None) if to is not None else None
         if to is not None:
             self.monitor.begin_recovery()
-            policy = self.library[to].entry.name
         else:
             self.monitor.end_recovery()
-            policy = None
+        policy = getattr(self.entry, "name", None)
         self._event("switch", logging.INFO, f"{frm or 'base'} -> {to or 'base'} ({reason})",
                     frm=frm, to=to, policy=policy, reason=reason)
 
@@ -152,8 +153,7 @@ class RecoveryRuntime:
     def _hand_back_due(self) -> bool:
         """A hand-back policy is driving (manifest `hand_back`) and its periodic selector check is due. It is
         released once the checks have seen no failure for more than its `hand_back_delay` steps, as in training."""
-        entry = getattr(self.library[self.mode], "entry", None)
-        if not getattr(entry, "hand_back", False) or self.monitor.succeeded:
+        if not getattr(self.entry, "hand_back", False) or self.monitor.succeeded:
             return False
         return (self.monitor.t - (self.monitor.recovery_start_t or 0)) % self.monitor.cfg.hand_back_check_every == 0
 
@@ -184,7 +184,7 @@ class RecoveryRuntime:
             elif self._hand_back_due():
                 mode = self._diagnose(obs, "hand-back check")
                 self.clear_steps = self.clear_steps + self.monitor.cfg.hand_back_check_every if mode is None else 0
-                delay = getattr(self.library[self.mode].entry, "hand_back_delay", 0)
+                delay = getattr(self.entry, "hand_back_delay", 0)
                 if mode is None and self.clear_steps > delay:
                     self._switch(None, f"hand-back: selector {self.selector.name} sees no failure"
                                        + (f" ({self.clear_steps} steps)" if delay else ""))

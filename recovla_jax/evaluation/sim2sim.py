@@ -334,8 +334,8 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
                   "does not, by the runtime's first switch; per-episode switches in `episodes.jsonl`.", "",
                   "| failure mode | runtime arm | lost | never switched | first switch to another mode | switched to the state's mode |",
                   "|---|---|---|---|---|---|"]
-        for (m, arm), c in lost.items():
-            lines.append(f"| {m} | {arm} | {c['lost']} | {c['never_switched']} | {c['other_mode']} | {c['own_mode']} |")
+        for (m, arm), n in lost.items():
+            lines.append(f"| {m} | {arm} | {n['lost']} | {n['never_switched']} | {n['other_mode']} | {n['own_mode']} |")
     if results.get("nominal"):
         nom = results["nominal"]
         lines += ["", "## Nominal task (runtime must not break what worked)", "",

@@ -102,12 +102,12 @@ class RecoveryRuntime:
         self.mode = to
         self.pending = None
         self.clear_steps = 0  # consecutive steps a hand-back policy's selector checks saw no failure
-        self.entry = getattr(self.library[to], "entry", None) if to is not None else None
+        self.entry = self.library[to].entry if to is not None else None
         if to is not None:
             self.monitor.begin_recovery()
         else:
             self.monitor.end_recovery()
-        policy = getattr(self.entry, "name", None)
+        policy = self.entry.name if self.entry is not None else None
         self._event("switch", logging.INFO, f"{frm or 'base'} -> {to or 'base'} ({reason})",
                     frm=frm, to=to, policy=policy, reason=reason)
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments.policy_training import MetricsSink, starts_description, train_policy, training_env
+from experiments.policy_training import MetricsSink, expert_warm_start, starts_description, train_policy, training_env
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -291,6 +291,13 @@ def run_baseline(args: argparse.Namespace) -> dict:
                                            int(config["episode_length"]), stride, log=log)
         record["expert_path_starts"] = {"fraction": path_fraction, "stride": stride, "path_states": len(paths)}
 
+    # Same supervision as the run: its DAgger warm start on the expert's actions (`train --expert-warm-start`),
+    # for the fine-tuned base on the whole action, for a residual on the correction.
+    warm_rounds = int(config.get("expert_warm_start") or 0)
+    warm_reports: dict = {}
+    if warm_rounds:
+        log(f"the run warm-started its policies on the scripted expert ({warm_rounds} DAgger rounds): so does this baseline")
+
     ppo_kw = dict(num_envs=budget["num_envs"], unroll_length=int(config["unroll_length"]),
                   total_timesteps=budget["timesteps_per_policy"], seed=int(config["seed"]),
                   checkpoint_every=int(config["checkpoint_every"]), learning_rate=float(config["learning_rate"]),
@@ -320,15 +327,23 @@ def run_baseline(args: argparse.Namespace) -> dict:
     for name, modes in groups.items():
         train_bank = _merge([bank.select(m, "train") for m in modes])
         starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
-        batched = training_env(make_env(starts, start_weights=start_weights), ppo_cfg.num_envs, int(config["episode_length"]),
+        env = make_env(starts, start_weights=start_weights)
+        batched = training_env(env, ppo_cfg.num_envs, int(config["episode_length"]),
                                int(config["seed"]), randomization, bool(config.get("desync_episodes", False)))
         trainer = FinetunePPOTrainer(batched, ppo_cfg, base, mesh=mesh) if finetune else PPOTrainer(batched, ppo_cfg, mesh=mesh)
         log(f"training '{name}' on {starts_description(len(train_bank), len(starts))} ({ppo_cfg.num_iterations} iterations; "
             "the first compiles)")
+        warm = expert_warm_start(warm_rounds, trainer, env, num_envs=ppo_cfg.num_envs,
+                                 steps=int(config["episode_length"]), log_std=float(config.get("warm_start_log_std", -1.5)),
+                                 seed=int(config["seed"]), log=log, reports=warm_reports, name=name)
         ts, record["curves"][name] = train_policy(name, f"{args.method}/{name}", trainer, ppo_cfg, console=console, sink=sink,
-                                                  checkpoint_dir=ckpt_root / name, resume=args.resume)
+                                                  checkpoint_dir=ckpt_root / name, resume=args.resume, warm_start=warm)
         params_by_group[name] = jax.device_get((ts.params, ts.normalizer))
     writer.close()
+    if warm_rounds:
+        record["expert_warm_start"] = {"rounds": warm_rounds, "policies": warm_reports,
+                                       "extra_env_steps": int(sum(r["env_steps"] for r in warm_reports.values()))}
+        record["label"] = f"{record['label']}, expert warm start"
     group_of = {m: g for g, ms in groups.items() for m in ms}
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all groups)
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from tensorboardX import SummaryWriter
 
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
-from experiments.policy_training import MetricsSink, starts_description, train_policy, training_env
+from experiments.policy_training import MetricsSink, expert_warm_start, starts_description, train_policy, training_env
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures import expert_paths
@@ -66,6 +66,9 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     if not 0.0 <= path_fraction < 1.0 or path_stride < 1 or path_stride > args.episode_length:
         raise SystemExit(f"--expert-path-starts must be in [0, 1) and --expert-path-stride in [1, episode length "
                          f"{args.episode_length}], got {path_fraction} and {path_stride}")
+    warm_rounds = int(getattr(args, "expert_warm_start", 0) or 0)
+    if warm_rounds < 0:
+        raise SystemExit(f"--expert-warm-start must be >= 0 DAgger rounds (0: off), got {warm_rounds}")
     wanted = getattr(args, "modes", None) or tuple(task.failure_modes)
     unknown = [m for m in wanted if m not in task.failure_modes]
     if unknown:
@@ -137,6 +140,10 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     results: dict = {"task": task.name, "policy": args.policy, "selector": diagnosis["selector"], "mask": args.mask,
                      "diagnosis": diagnosis["per_mode"], "modes": {}, "curves": {}}
     policy_params = {}
+    warm_reports: dict = {}
+    if warm_rounds:
+        log(f"--expert-warm-start: each policy first imitates the scripted expert's corrections ({warm_rounds} DAgger "
+            "rounds on its train starts), then PPO trains it as usual")
     for name, modes in groups.items():
         train_bank = _merge([bank.select(m, "train") for m in modes])
         starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
@@ -148,9 +155,12 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
         log(f"training residual '{name}' on {starts_description(len(train_bank), len(starts))} "
             f"({ppo_cfg.num_iterations} iterations; the first compiles the training step)")
+        warm = expert_warm_start(warm_rounds, trainer, env, num_envs=ppo_cfg.num_envs, steps=args.episode_length,
+                                 log_std=float(getattr(args, "warm_start_log_std", -1.5)), seed=args.seed, log=log,
+                                 reports=warm_reports, name=name)
         ts, curve = train_policy(name, name, trainer, ppo_cfg, console=console, sink=sink,
                                  checkpoint_dir=run_dir / "checkpoints" / name, resume=args.resume,
-                                 disable_progress=jax.process_index() != 0)
+                                 disable_progress=jax.process_index() != 0, warm_start=warm)
         policy_params[name] = jax.device_get((ts.params, ts.normalizer))
         if jax.process_index() == 0:
             write_policy_bundle(run_dir, name, modes, task, base, env, ppo_cfg, args, descriptors)
@@ -185,6 +195,9 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     if paths is not None:
         results["expert_path_starts"] = {"fraction": path_fraction, "stride": path_stride, "path_states": len(paths),
                                          "expert_on_train_states": paths.meta.get("expert", {})}
+    if warm_rounds:
+        results["expert_warm_start"] = {"rounds": warm_rounds, "policies": warm_reports,
+                                        "extra_env_steps": int(sum(r["env_steps"] for r in warm_reports.values()))}
     if getattr(args, "desync_episodes", False):
         results["desync_episodes"] = True
     results["bank"] = {"counts": counts, "collection": bank.meta.get("collection", {})}

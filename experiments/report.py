@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
     """(method key, label) of a main-job run: wrong-mask, oracle-mask or
-    recovla-<selector>[-conditioned][-handback][-paths][-desync]."""
+    recovla-<selector>[-conditioned][-handback][-paths][-desync][-warm]."""
     results = results or {}
     if config.get("mask") == "wrong" or results.get("mask") == "wrong":
         key, label = "wrong-mask", FIXED_LABELS["wrong-mask"]
@@ -81,6 +81,8 @@ def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
         key, label = f"{key}-paths", f"{label}, expert-path starts"
     if config.get("desync_episodes"):
         key, label = f"{key}-desync", f"{label}, desynced episodes"
+    if int(config.get("expert_warm_start") or 0) > 0:
+        key, label = f"{key}-warm", f"{label}, expert warm start"
     return key, label
 
 

@@ -60,6 +60,13 @@ def _protocol_lines(results: dict) -> list[str]:
         lines.append(f"- expert-path starts: {p['fraction']:.0%} of training episodes start on one of {p['path_states']} states "
                      f"along the expert's recoveries from train states (every {p['stride']} steps); the training-success "
                      "curve counts those episodes too, the table below only held-out failure states")
+    w = results.get("expert_warm_start")
+    if w:
+        starts = ", ".join(f"{name} {100 * r['start_success']:.1f}%" for name, r in w["policies"].items()
+                           if r.get("start_success") is not None)
+        lines.append(f"- expert warm start: before PPO each policy imitated the scripted expert's corrections in {w['rounds']} "
+                     f"DAgger rounds on its train states ({w['extra_env_steps']:,} env steps outside PPO's budget); the fit "
+                     f"PPO started from succeeded on its own rollouts from train states in: {starts or 'n/a'}")
     if results.get("desync_episodes"):
         lines.append("- desynchronized episodes: each training env's first episode was cut at a random length, so PPO "
                      "updates mix every phase of the episode (training only)")

@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "states only, no expert actions are imitated; evaluation starts from held-out failure states)")
     p.add_argument("--expert-path-stride", type=int, default=10, metavar="STEPS",
                    help="with --expert-path-starts: keep a state every STEPS steps of each expert recovery")
+    p.add_argument("--expert-warm-start", type=int, default=0, metavar="ROUNDS",
+                   help="before PPO, fit each policy to the scripted expert's corrections on its train failure states in "
+                        "ROUNDS DAgger rounds (round 1 executes the expert-guided action, later rounds the fitted policy), "
+                        "fit the critic to the fitted policy's returns, then run PPO as usual; the expert reads privileged "
+                        "simulator state; its extra rollouts are counted in results.json; evaluation is unchanged (0: off). "
+                        "At the default --learning-rate PPO undoes the warm start (pick_place, README): pair it with e.g. 3e-5")
+    p.add_argument("--warm-start-log-std", type=float, default=-1.5,
+                   help="with --expert-warm-start: PPO's initial exploration log-std (instead of --init-log-std)")
     p.add_argument("--desync-episodes", action="store_true",
                    help="cut each training env's first episode at a random length so envs do not start and end in "
                         "lockstep (each PPO update then mixes every phase of the episode); evaluation is unchanged")

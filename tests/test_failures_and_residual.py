@@ -241,3 +241,78 @@ def test_expert_path_states_lie_on_the_experts_recovery_and_start_weights_pick_t
                                                                                       (16, starts.arrays["qpos"].shape[1])), atol=1e-6)
     with pytest.raises(ValueError, match="start_weights must be"):
         ResidualEnv(drawer_task, drawer_base_policy, starts, comp, start_weights=np.ones(3))
+
+
+def test_discounted_returns_stop_at_each_episodes_terminal_step():
+    from recovla_jax.training.expert_warm_start import _discounted_returns
+
+    reward = np.array([[1.0, 0.0], [0.0, 0.0], [2.0, 1.0]], np.float32)  # time-major, 2 envs
+    terminal = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], np.float32)
+    got = _discounted_returns(reward, terminal, gamma=0.5)
+    # env 0 ends at step 1: the reward at step 2 (after its end) must not flow back into steps 0-1
+    np.testing.assert_allclose(got[:, 0], [1.0, 0.0, 2.0])
+    np.testing.assert_allclose(got[:, 1], [0.25, 0.5, 1.0])
+
+
+def test_finetune_env_expert_target_executes_the_experts_action(drawer_task, drawer_env, drawer_base_policy):
+    from recovla_jax.training.finetune_env import FinetuneEnv
+
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    weights = np.zeros((3, len(component_names(drawer_task))), np.float32)
+    env = FinetuneEnv(drawer_task, drawer_base_policy, bank, weights, start_noise=0.0, obs_noise=0.0, latency_prob=0.0)
+    state = jax.jit(env.reset_to)(jnp.asarray(0), jax.random.PRNGKey(1))
+    expert = drawer_task.expert_action(drawer_task.privileged(env.sys, state.pipeline_state))
+    executed, residual = env.executed_action(state.obs, jnp.arctanh(env.expert_unit_target(state.obs, expert)))
+    np.testing.assert_allclose(executed, jnp.clip(expert, -1.0, 1.0), atol=1e-5)
+    assert float(jnp.max(jnp.abs(residual))) == 0.0
+
+
+def test_expert_warm_start_imitates_the_expert_and_hands_ppo_a_fitted_state(drawer_task, drawer_env, drawer_base_policy):
+    """DAgger rounds on nominal-start 'failure' states: the fitted residual must be much closer to the expert's
+    corrections than the zero residual PPO would start from, the critic must move, PPO's exploration is set,
+    and every reported count must add up."""
+    from recovla_jax.training.expert_warm_start import WarmStartConfig, _rollout_fn, warm_start
+
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    weights = np.zeros((3, len(component_names(drawer_task))), np.float32)
+    weights[:, component_names(drawer_task).index("success")] = 10.0
+    # From nominal starts the clone is within a few hundredths of the expert: a small scale makes the corrections
+    # (expert - base) / alpha large enough that fitting them is measurable.
+    env = ResidualEnv(drawer_task, drawer_base_policy, bank, weights, alpha=0.05, obs_noise=0.0, latency_prob=0.0)
+    from recovla_jax.sim.wrappers import wrap_batched
+
+    steps = 40
+    cfg = PPOConfig(num_envs=8, unroll_length=5, num_minibatches=2, total_timesteps=40, actor_hidden=(64, 64),
+                    critic_hidden=(32, 32))
+    trainer = PPOTrainer(wrap_batched(env, 8, steps), cfg)
+    fresh = trainer.init(jax.random.PRNGKey(0))
+    ws = WarmStartConfig(rounds=2, num_envs=16, steps=steps, fit_steps=1500, batch_size=256, learning_rate=3e-3,
+                         log_std=-2.0)
+    lines: list[str] = []
+    ts, report = warm_start(trainer, fresh, env, ws, log=lines.append)
+
+    assert report.env_steps == 3 * 16 * steps and len(report.rounds) == 2
+    assert report.rounds[0].executed == "expert-guided" and report.rounds[1].executed == "fitted policy"
+    assert report.rounds[1].samples == report.rounds[0].new_samples + report.rounds[1].new_samples
+    assert all(r.own_success is not None for r in report.rounds)
+    assert report.start_success == max(r.own_success for r in report.rounds)
+    assert any("round 1/2" in line for line in lines)
+    np.testing.assert_allclose(ts.params["log_std"], -2.0)
+    assert float(jnp.sum(ts.normalizer.mean ** 2)) > 0.0  # the warm start's data set the normaliser
+    # the critic was fitted (a fresh critic's parameters would be unchanged)
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ts.params["critic"],
+                                         fresh.params["critic"]))
+    assert max(moved) > 0.0
+
+    # On fresh expert-guided rollouts (other seed) the fitted residual's error is far below the zero residual's.
+    out = jax.device_get(_rollout_fn(trainer, env, 16, steps)(ts.params, ts.normalizer, jax.random.PRNGKey(99),
+                                                            jnp.asarray(True)))
+    valid = out["valid"].reshape(-1)
+    obs = jnp.asarray(out["obs"].reshape(-1, trainer.obs_size)[valid])
+    target = out["target"].reshape(-1, 7)[valid]
+    fitted = np.tanh(np.asarray(trainer.policy_fn(ts.params, ts.normalizer, obs, deterministic=True)))
+    zero = np.tanh(np.asarray(trainer.policy_fn(fresh.params, fresh.normalizer, obs, deterministic=True)))
+    assert np.mean((fitted - target) ** 2) < 0.5 * np.mean((zero - target) ** 2)
+    # the PPO step runs from the warm-started state
+    ts2, metrics = trainer.train_step(ts)
+    assert int(ts2.iteration) == 1 and np.isfinite(float(metrics["policy_loss"]))

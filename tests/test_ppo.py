@@ -99,6 +99,23 @@ def test_actor_mean_is_zero_at_init():
     assert float(jnp.std(sample)) == pytest.approx(np.exp(cfg.init_log_std), rel=0.2)
 
 
+def test_warm_start_hook_runs_once_on_a_fresh_run_and_not_on_resume(tmp_path):
+    cfg = small_cfg().model_copy(update={"total_timesteps": 2 * small_cfg().batch_size, "checkpoint_every": 1})
+    trainer = make_trainer(cfg)
+    calls = []
+
+    def warm(ts):
+        calls.append(int(ts.iteration))
+        return ts.replace(params={**ts.params, "log_std": ts.params["log_std"] - 3.0})
+
+    ts, _ = train(trainer, cfg, warm_start=warm, checkpoint_dir=tmp_path)
+    assert calls == [0] and int(ts.iteration) == 2
+    assert float(jnp.max(ts.params["log_std"])) < cfg.init_log_std - 2.0  # PPO started from the hook's state
+    longer = cfg.model_copy(update={"total_timesteps": 3 * cfg.batch_size})
+    ts, _ = train(make_trainer(longer), longer, resume=True, warm_start=warm, checkpoint_dir=tmp_path)
+    assert calls == [0] and int(ts.iteration) == 3  # the checkpoint already holds the warm-started parameters
+
+
 def _tree_equal(a, b) -> None:
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

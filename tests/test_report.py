@@ -225,6 +225,11 @@ def test_baselines_budget_and_conditions(tmp_path):
     from recovla_jax.training.ppo import PPOConfig
 
     assert info["config"]["init_log_std"] == PPOConfig.model_fields["init_log_std"].default
+    # ... and no expert warm start (so their baselines do not warm-start either); the CLI's log-std is the module's
+    from recovla_jax.training.expert_warm_start import WarmStartConfig
+
+    assert info["config"]["expert_warm_start"] == 0
+    assert info["config"]["warm_start_log_std"] == WarmStartConfig.model_fields["log_std"].default
     args = SimpleNamespace(num_envs=None, timesteps=None, policy=None)
     assert resolve_budget(info["config"], args) == {"num_envs": 128, "timesteps_per_policy": 250_000, "policy": "per-mode",
                                                     "budget_matches_run": True}
@@ -295,6 +300,7 @@ def test_authority_cli_on_a_run(fake_run, tmp_path):
 
 
 def test_summary_names_hand_back_and_expert_path_starts():
+    from experiments.report import infer_run_method
     from experiments.summary import _protocol_lines
 
     assert _protocol_lines({"eval_conditions": {"hand_back": False}}) == []
@@ -302,5 +308,10 @@ def test_summary_names_hand_back_and_expert_path_starts():
                              "expert_path_starts": {"fraction": 0.5, "path_states": 1234, "stride": 10}})
     assert len(lines) == 2 and "+50 steps" in lines[0]
     assert "50% of training episodes" in lines[1] and "1234 states" in lines[1] and "only held-out failure states" in lines[1]
+    assert infer_run_method({"selector": "rules", "expert_warm_start": 8}, None) == (
+        "recovla-rules-warm", "ReCoVLA (rules), expert warm start")
+    warm = _protocol_lines({"eval_conditions": {}, "expert_warm_start": {
+        "rounds": 8, "extra_env_steps": 1_000, "policies": {"a": {"start_success": 0.25}, "b": {"start_success": None}}}})
+    assert len(warm) == 1 and "8 DAgger rounds" in warm[0] and "a 25.0%" in warm[0] and "b " not in warm[0]
     desync = _protocol_lines({"eval_conditions": {}, "desync_episodes": True})
     assert len(desync) == 1 and "first episode was cut at a random length" in desync[0]

@@ -19,15 +19,9 @@ import numpy as np
 from recovla_jax.evaluation.rollout import rollout_success
 from recovla_jax.training.residual_env import ResidualEnv
 
-# tanh(arctanh(1 - 1e-6)) rounds back to 1 - 1e-6 in float32: the bound itself is reachable.
-_MAX_UNIT = 1.0 - 1e-6
-
-
 def expert_guided_raw(env: ResidualEnv, obs: jnp.ndarray, expert: jnp.ndarray) -> jnp.ndarray:
     """The pre-tanh residual whose executed action is the expert's, projected onto base +- alpha."""
-    base = obs[..., env.task_obs_size:env.task_obs_size + expert.shape[-1]]
-    unit = jnp.clip((expert - base) / env.alpha, -_MAX_UNIT, _MAX_UNIT)
-    return jnp.arctanh(unit)
+    return jnp.arctanh(jnp.vectorize(env.expert_unit_target, signature="(o),(a)->(a)")(obs, expert))
 
 
 def expert_guided_rollout(env: ResidualEnv, steps: int) -> Callable[[jnp.ndarray, jax.Array], jnp.ndarray]:

@@ -31,7 +31,7 @@ from recovla_jax.policies.base_policy import BasePolicy, bc_hidden
 from recovla_jax.sim import gripper as grip
 from recovla_jax.tasks.base import Task
 from recovla_jax.training.ppo import PPOConfig, PPOTrainer, TrainingState
-from recovla_jax.training.residual_env import ResidualEnv
+from recovla_jax.training.residual_env import MAX_UNIT, ResidualEnv
 
 
 class FinetuneEnv(ResidualEnv):
@@ -54,6 +54,10 @@ class FinetuneEnv(ResidualEnv):
     def executed_action(self, obs: jnp.ndarray, raw: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(tanh(raw), zero residual): the policy's output is the whole action."""
         return jnp.tanh(raw), jnp.zeros(grip.ACTION_SIZE, raw.dtype)
+
+    def expert_unit_target(self, obs: jnp.ndarray, expert: jnp.ndarray) -> jnp.ndarray:
+        """tanh(raw) that executes `expert` (kept strictly inside (-1, 1)): the whole action is the policy's."""
+        return jnp.clip(expert, -MAX_UNIT, MAX_UNIT)
 
 
 class FinetunePPOTrainer(PPOTrainer):

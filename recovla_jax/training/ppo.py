@@ -430,6 +430,7 @@ def train(
     checkpoint_dir: Path | None = None,
     on_metrics: Callable[[int, dict], None] | None = None,
     rng: jax.Array | None = None,
+    warm_start: Callable[[TrainingState], TrainingState] | None = None,
 ) -> tuple[TrainingState, list[dict]]:
     """Run cfg.num_iterations PPO iterations, checkpointing every cfg.checkpoint_every and at the end.
 
@@ -437,6 +438,8 @@ def train(
     process calls the (synchronous) orbax save with identical numpy trees and orbax writes from the primary
     process only, so multi-process runs need `checkpoint_dir` on a filesystem all processes see.
     `resume=True` restores the latest checkpoint if there is one and continues from its iteration.
+    `warm_start` maps a fresh initial state to the one PPO starts from (`training.expert_warm_start`); a
+    resumed run does not repeat it (its checkpoints already hold the warm-started parameters).
     """
     store = CheckpointStore(Path(checkpoint_dir)) if checkpoint_dir is not None else None
     ts = None
@@ -445,6 +448,10 @@ def train(
         ts = trainer.from_host(host)
     if ts is None:
         ts = trainer.init(jax.random.PRNGKey(cfg.seed) if rng is None else rng)
+        if warm_start is not None:
+            ts = warm_start(ts)
+            if trainer.state_sharding is not None:
+                ts = jax.device_put(ts, trainer.state_sharding)
     start = int(ts.iteration)
     history: list[dict] = []
     if start < cfg.num_iterations:

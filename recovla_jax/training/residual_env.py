@@ -40,6 +40,9 @@ from recovla_jax.sim.env import TaskEnv
 from recovla_jax.sim.latency import hold_action
 from recovla_jax.tasks.base import Task
 
+# tanh(arctanh(1 - 1e-6)) rounds back to 1 - 1e-6 in float32: the bound itself is reachable.
+MAX_UNIT = 1.0 - 1e-6
+
 
 class ResidualEnv(TaskEnv):
     """A TaskEnv whose resets draw failure states and whose actions are residual corrections."""
@@ -134,6 +137,12 @@ class ResidualEnv(TaskEnv):
         base_action = obs[self.task_obs_size : self.task_obs_size + grip.ACTION_SIZE]
         residual = jnp.tanh(residual_raw)
         return jnp.clip(base_action + self.alpha * residual, -1.0, 1.0), residual
+
+    def expert_unit_target(self, obs: jnp.ndarray, expert: jnp.ndarray) -> jnp.ndarray:
+        """The squashed residual tanh(r) whose executed action is `expert`, projected onto base +- alpha
+        (strictly inside (-1, 1), so its arctanh is finite): the expert's correction at this scale."""
+        base_action = obs[self.task_obs_size : self.task_obs_size + grip.ACTION_SIZE]
+        return jnp.clip((expert - base_action) / self.alpha, -MAX_UNIT, MAX_UNIT)
 
     def step(self, state: State, residual_raw: jnp.ndarray) -> State:
         active = state.info["residual_active"]

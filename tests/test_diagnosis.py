@@ -604,8 +604,13 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
     run = tmp_path / "run"
     train_main(["--task=drawer", f"--run-dir={run}", f"--bank-dir={tmp_path / 'bank'}", "--modes=missed_handle",
                 "--num-envs=8", "--timesteps=160", "--unroll-length=10", "--episode-length=20", "--diagnose-states=2",
-                "--checkpoint-every=1"])
+                "--checkpoint-every=1", "--expert-warm-start=1"])
     results = json.loads((run / "results.json").read_text())
+    # one DAgger round: the expert-guided rollouts plus the fit's own, 512 envs x 20 steps each, counted
+    warm = results["expert_warm_start"]
+    assert warm["rounds"] == 1 and warm["extra_env_steps"] == 2 * 512 * 20
+    assert warm["policies"]["missed_handle"]["rounds"][0]["executed"] == "expert-guided"
+    assert "expert warm start" in (run / "summary.md").read_text()
     cell = results["modes"]["missed_handle"]
     assert set(results["modes"]) == {"missed_handle"} and cell["heldout_states"] == int(
         np.sum((labelled_bank.arrays["split"] == 1) & (labelled_bank.arrays["mode"] == 0)))
@@ -624,3 +629,5 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
     assert record["nominal"]["policy"]["trials"] == record["nominal"]["base"]["trials"] == 2
     ft_metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in ft_metrics] == [1, 2] and json.loads((out / "results.json").read_text())["method"] == "finetune"
+    # the baseline got the run's supervision: the same warm start, on the whole action
+    assert record["label"].endswith(", expert warm start") and set(record["expert_warm_start"]["policies"]) == {"missed_handle"}

@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments.policy_training import MetricsSink, expert_warm_start, starts_description, train_policy, training_env
+from experiments.policy_training import (MetricsSink, expert_warm_start, starts_description, train_policy, training_env,
+                                        warm_start_record)
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -301,7 +302,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
     ppo_kw = dict(num_envs=budget["num_envs"], unroll_length=int(config["unroll_length"]),
                   total_timesteps=budget["timesteps_per_policy"], seed=int(config["seed"]),
                   checkpoint_every=int(config["checkpoint_every"]), learning_rate=float(config["learning_rate"]),
-                  entropy_coef=float(config["entropy_coef"]), gamma=float(config["gamma"]))
+                  entropy_coef=float(config["entropy_coef"]), gamma=float(config["gamma"]),
+                  desired_kl=config.get("desired_kl"), freeze_normalizer=bool(config.get("freeze_normalizer")))
     # The run's exploration noise unless overridden (load_run fills the main job's default into older runs).
     ppo_kw["init_log_std"] = float(args.init_log_std if args.init_log_std is not None else config["init_log_std"])
     ppo_cfg = PPOConfig(**ppo_kw)
@@ -334,15 +336,15 @@ def run_baseline(args: argparse.Namespace) -> dict:
         log(f"training '{name}' on {starts_description(len(train_bank), len(starts))} ({ppo_cfg.num_iterations} iterations; "
             "the first compiles)")
         warm = expert_warm_start(warm_rounds, trainer, env, num_envs=ppo_cfg.num_envs,
-                                 steps=int(config["episode_length"]), log_std=float(config.get("warm_start_log_std", -1.5)),
-                                 seed=int(config["seed"]), log=log, reports=warm_reports, name=name)
+                                 steps=int(config["episode_length"]), log_std=float(config["warm_start_log_std"]),
+                                 seed=int(config["seed"]), log=log, reports=warm_reports, name=name,
+                                 report_path=out / "warm_start" / f"{name}.json")
         ts, record["curves"][name] = train_policy(name, f"{args.method}/{name}", trainer, ppo_cfg, console=console, sink=sink,
                                                   checkpoint_dir=ckpt_root / name, resume=args.resume, warm_start=warm)
         params_by_group[name] = jax.device_get((ts.params, ts.normalizer))
     writer.close()
     if warm_rounds:
-        record["expert_warm_start"] = {"rounds": warm_rounds, "policies": warm_reports,
-                                       "extra_env_steps": int(sum(r["env_steps"] for r in warm_reports.values()))}
+        record["expert_warm_start"] = warm_start_record(warm_rounds, warm_reports, ppo_cfg)
         record["label"] = f"{record['label']}, expert warm start"
     group_of = {m: g for g, ms in groups.items() for m in ms}
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all groups)

@@ -14,7 +14,8 @@ from rich.console import Console
 from tensorboardX import SummaryWriter
 
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
-from experiments.policy_training import MetricsSink, expert_warm_start, starts_description, train_policy, training_env
+from experiments.policy_training import (MetricsSink, expert_warm_start, starts_description, train_policy, training_env,
+                                        warm_start_record)
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures import expert_paths
@@ -34,6 +35,23 @@ console = Console()
 def log(msg: str) -> None:
     if jax.process_index() == 0:
         console.print(msg)
+
+
+# Options a resumed run must keep: they set the layout of the checkpointed PPO state or how PPO updates it.
+RESUME_FIXED = {"num_envs": None, "policy": "per-mode", "desired_kl": None, "freeze_normalizer": False}
+
+
+def check_resume_matches(run_dir: Path, config: dict) -> None:
+    """Refuse a --resume whose options would not continue the checkpointed training (before anything is written)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    changed = [f"{k}: run {old.get(k, default)!r}, now {config.get(k, default)!r}" for k, default in RESUME_FIXED.items()
+               if old.get(k, default) != config.get(k, default)]
+    if changed:
+        raise SystemExit(f"--resume: {run_dir} was trained with other options ({'; '.join(changed)}); resume with the "
+                         "run's values (see its config.json) or start a new --run-dir")
 
 
 def resolve_defaults(args: argparse.Namespace) -> dict:
@@ -79,6 +97,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         raise SystemExit(f"run directory {run_dir} exists and is not empty; pass --resume or another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), **d, "device": device_summary(), "versions": package_versions()}
+    if args.resume:
+        check_resume_matches(run_dir, config)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
     log(f"[bold]recovla-jax[/] task={task.name} run_dir={run_dir} device={config['device']['platform']} "
         f"x{config['device']['device_count']} envs={d['num_envs']} timesteps/policy={d['timesteps']:,}")
@@ -123,7 +143,9 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     randomization = None if args.no_randomization else DomainRandomization()
     ppo_cfg = PPOConfig(num_envs=d["num_envs"], unroll_length=args.unroll_length, total_timesteps=d["timesteps"],
                         seed=args.seed, checkpoint_every=args.checkpoint_every, learning_rate=args.learning_rate,
-                        entropy_coef=args.entropy_coef, gamma=args.gamma, init_log_std=args.init_log_std)
+                        entropy_coef=args.entropy_coef, gamma=args.gamma, init_log_std=args.init_log_std,
+                        desired_kl=getattr(args, "desired_kl", None),
+                        freeze_normalizer=bool(getattr(args, "freeze_normalizer", False)))
     mesh = make_mesh() if jax.device_count() > 1 else None
     if hand_back:
         log(f"--hand-back: each residual acts while the failure label names a failure and {delay} steps after; "
@@ -156,8 +178,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         log(f"training residual '{name}' on {starts_description(len(train_bank), len(starts))} "
             f"({ppo_cfg.num_iterations} iterations; the first compiles the training step)")
         warm = expert_warm_start(warm_rounds, trainer, env, num_envs=ppo_cfg.num_envs, steps=args.episode_length,
-                                 log_std=float(getattr(args, "warm_start_log_std", -1.5)), seed=args.seed, log=log,
-                                 reports=warm_reports, name=name)
+                                 log_std=float(args.warm_start_log_std), seed=args.seed, log=log,
+                                 reports=warm_reports, name=name, report_path=run_dir / "warm_start" / f"{name}.json")
         ts, curve = train_policy(name, name, trainer, ppo_cfg, console=console, sink=sink,
                                  checkpoint_dir=run_dir / "checkpoints" / name, resume=args.resume,
                                  disable_progress=jax.process_index() != 0, warm_start=warm)
@@ -196,8 +218,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         results["expert_path_starts"] = {"fraction": path_fraction, "stride": path_stride, "path_states": len(paths),
                                          "expert_on_train_states": paths.meta.get("expert", {})}
     if warm_rounds:
-        results["expert_warm_start"] = {"rounds": warm_rounds, "policies": warm_reports,
-                                        "extra_env_steps": int(sum(r["env_steps"] for r in warm_reports.values()))}
+        results["expert_warm_start"] = warm_start_record(warm_rounds, warm_reports, ppo_cfg)
     if getattr(args, "desync_episodes", False):
         results["desync_episodes"] = True
     results["bank"] = {"counts": counts, "collection": bank.meta.get("collection", {})}

@@ -36,14 +36,18 @@ def starts_description(train_states: int, starts: int) -> str:
 
 
 def expert_warm_start(rounds: int, trainer: Any, env: Any, *, num_envs: int, steps: int, log_std: float, seed: int,
-                      log: Any, reports: dict, name: str) -> Any:
+                      log: Any, reports: dict, name: str, report_path: Path) -> Any:
     """The `train_policy` warm start for `train --expert-warm-start=ROUNDS` (None when ROUNDS is 0): DAgger on the
     scripted expert's corrections from `env`'s training starts (`training.expert_warm_start`); its report goes to
     `reports[name]`. Each round rolls out 512 envs (the base's DAgger rounds drive 512; 128, the CPU training default,
     gave pick_place's missed_grasp a fit with 10% own success after 8 rounds, 512 gave dropped_in_transit 37% after 6)
-    or the run's envs up to 1024 where it has more (a GPU run's 4096 would only add memory)."""
+    or the run's envs up to 1024 where it has more (a GPU run's 4096 would only add memory).
+    The report is also written to `report_path`, from which a resumed run (which does not repeat the warm start:
+    its checkpoints hold the warm-started state) reads it back."""
     if rounds <= 0:
         return None
+    if report_path.exists():
+        reports[name] = json.loads(report_path.read_text())
     from recovla_jax.training.expert_warm_start import WarmStartConfig, warm_start
 
     cfg = WarmStartConfig(rounds=rounds, num_envs=max(512, min(num_envs, 1024)), steps=steps, log_std=log_std, seed=seed)
@@ -51,9 +55,19 @@ def expert_warm_start(rounds: int, trainer: Any, env: Any, *, num_envs: int, ste
     def run(ts: Any) -> Any:
         ts, report = warm_start(trainer, ts, env, cfg, log=log)
         reports[name] = report.model_dump()
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(reports[name], indent=2))
         return ts
 
     return run
+
+
+def warm_start_record(rounds: int, reports: dict, ppo_cfg: Any) -> dict:
+    """The `expert_warm_start` entry of a run's (or a baseline's) results: rounds, per-policy reports, the env steps
+    the warm start's rollouts took outside PPO's budget, and how PPO then kept the fit (adaptive learning rate,
+    frozen normaliser)."""
+    return {"rounds": rounds, "policies": reports, "extra_env_steps": int(sum(r["env_steps"] for r in reports.values())),
+            "desired_kl": ppo_cfg.desired_kl, "freeze_normalizer": bool(ppo_cfg.freeze_normalizer)}
 
 
 class MetricsSink:

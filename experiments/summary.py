@@ -62,11 +62,16 @@ def _protocol_lines(results: dict) -> list[str]:
                      "curve counts those episodes too, the table below only held-out failure states")
     w = results.get("expert_warm_start")
     if w:
-        starts = ", ".join(f"{name} {100 * r['start_success']:.1f}%" for name, r in w["policies"].items()
-                           if r.get("start_success") is not None)
+        starts = ", ".join(f"{name} {100 * r['start_success']:.1f}%" + (
+            f" ({100 * r['start_success_sampled']:.1f}% sampling with PPO's initial exploration noise)"
+            if r.get("start_success_sampled") is not None else "")
+            for name, r in w["policies"].items() if r.get("start_success") is not None)
         lines.append(f"- expert warm start: before PPO each policy imitated the scripted expert's corrections in {w['rounds']} "
                      f"DAgger rounds on its train states ({w['extra_env_steps']:,} env steps outside PPO's budget); the fit "
-                     f"PPO started from succeeded on its own rollouts from train states in: {starts or 'n/a'}")
+                     f"PPO started from succeeded on its own rollouts from train states in: {starts or 'n/a'}"
+                     + (f"; PPO then adapted its learning rate to a KL target of {w['desired_kl']}"
+                        if w.get("desired_kl") is not None else "")
+                     + ("; the warm start's observation normaliser was kept fixed" if w.get("freeze_normalizer") else ""))
     if results.get("desync_episodes"):
         lines.append("- desynchronized episodes: each training env's first episode was cut at a random length, so PPO "
                      "updates mix every phase of the episode (training only)")

@@ -2,7 +2,7 @@
 
 Modes (argv[1]):
   dist <process_id> <port> <ckpt_dir|->  one of 2 jax.distributed CPU processes (gloo), mesh over 2 devices
-  mesh                                 one process, mesh over all (forced) local devices
+  mesh                                 one process, mesh over all (forced) local devices, adaptive learning rate
   slow <ckpt_dir>                      one process, no mesh, checkpoint every iteration, sleeps per iteration
                                        so the parent can SIGKILL it mid-run
 Prints one JSON line prefixed with RESULT: on success.
@@ -48,8 +48,8 @@ def main() -> None:
         cfg = small_cfg(checkpoint_every=10)
         mesh = make_mesh()
         ckpt_dir = None if ckpt == "-" else Path(ckpt)
-    elif mode == "mesh":
-        cfg = small_cfg()
+    elif mode == "mesh":  # with the adaptive learning rate (the distributed run covers the fixed schedule)
+        cfg = small_cfg(desired_kl=0.01)
         mesh = make_mesh()
     elif mode == "slow":
         cfg = small_cfg(total_timesteps=64 * 20 * 12, checkpoint_every=1)

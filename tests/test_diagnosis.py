@@ -540,6 +540,34 @@ def test_reward_weight_overrides_every_mask_and_rejects_bad_input(drawer_task):
             build_parser().parse_args([f"--reward-weight={bad}"])
 
 
+def test_expert_warm_start_switches_the_adaptive_learning_rate_and_frozen_normalizer_on_unless_given():
+    from experiments.train import apply_warm_start_defaults, build_parser
+
+    def parsed(*argv):
+        return apply_warm_start_defaults(build_parser().parse_args(list(argv)))
+
+    assert (parsed().desired_kl, parsed().freeze_normalizer) == (None, False)
+    assert (parsed("--expert-warm-start=2").desired_kl, parsed("--expert-warm-start=2").freeze_normalizer) == (0.01, True)
+    assert parsed("--expert-warm-start=2", "--desired-kl=0.02").desired_kl == 0.02
+    off = parsed("--expert-warm-start=2", "--desired-kl=0", "--no-freeze-normalizer")
+    assert (off.desired_kl, off.freeze_normalizer) == (None, False)
+    for bad in ("-0.1", "nan", "inf", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([f"--desired-kl={bad}"])
+
+
+def test_resume_refuses_options_that_would_not_continue_the_checkpointed_training(tmp_path):
+    from experiments.pipeline import check_resume_matches
+
+    check_resume_matches(tmp_path, {"desired_kl": 0.01})  # nothing to resume: nothing to compare
+    (tmp_path / "config.json").write_text(json.dumps({"num_envs": 128, "policy": "per-mode"}))  # an older run
+    check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "desired_kl": None, "freeze_normalizer": False})
+    with pytest.raises(SystemExit, match=r"desired_kl: run None, now 0.01.*freeze_normalizer: run False, now True"):
+        check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "desired_kl": 0.01, "freeze_normalizer": True})
+    with pytest.raises(SystemExit, match="num_envs: run 128, now 4096"):
+        check_resume_matches(tmp_path, {"num_envs": 4096, "policy": "per-mode"})
+
+
 def test_main_job_refuses_unknown_modes_and_components_before_any_work(tmp_path):
     from experiments.train import main
 
@@ -606,9 +634,12 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
                 "--num-envs=8", "--timesteps=160", "--unroll-length=10", "--episode-length=20", "--diagnose-states=2",
                 "--checkpoint-every=1", "--expert-warm-start=1"])
     results = json.loads((run / "results.json").read_text())
-    # one DAgger round: the expert-guided rollouts plus the fit's own, 512 envs x 20 steps each, counted
+    # one DAgger round: the expert-guided rollouts, the fit's own and the fit sampled with PPO's noise, 512 envs x
+    # 20 steps each, counted; the warm start switched PPO's adaptive learning rate on
+    config = json.loads((run / "config.json").read_text())
+    assert config["desired_kl"] == 0.01 and config["freeze_normalizer"] is True
     warm = results["expert_warm_start"]
-    assert warm["rounds"] == 1 and warm["extra_env_steps"] == 2 * 512 * 20
+    assert warm["rounds"] == 1 and warm["extra_env_steps"] == 3 * 512 * 20
     assert warm["policies"]["missed_handle"]["rounds"][0]["executed"] == "expert-guided"
     assert "expert warm start" in (run / "summary.md").read_text()
     cell = results["modes"]["missed_handle"]
@@ -617,6 +648,7 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
     assert cell["recovla"]["trials"] == cell["base"]["trials"] == cell["heldout_states"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2] and {m["policy"] for m in metrics} == {"missed_handle"}
+    assert all(0.0 < m["learning_rate"] <= 1e-2 for m in metrics)
     for f in ("config.json", "descriptors.json", "diagnosis.json", "summary.md", "learning_curves.png",
               "policies/missed_handle.json", "base_policy"):
         assert (run / f).exists(), f
@@ -629,5 +661,6 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
     assert record["nominal"]["policy"]["trials"] == record["nominal"]["base"]["trials"] == 2
     ft_metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in ft_metrics] == [1, 2] and json.loads((out / "results.json").read_text())["method"] == "finetune"
+    assert all("learning_rate" in m for m in ft_metrics)  # the run's adaptive learning rate, too
     # the baseline got the run's supervision: the same warm start, on the whole action
     assert record["label"].endswith(", expert warm start") and set(record["expert_warm_start"]["policies"]) == {"missed_handle"}

@@ -291,12 +291,13 @@ def test_expert_warm_start_imitates_the_expert_and_hands_ppo_a_fitted_state(draw
     lines: list[str] = []
     ts, report = warm_start(trainer, fresh, env, ws, log=lines.append)
 
-    assert report.env_steps == 3 * 16 * steps and len(report.rounds) == 2
+    # two rounds, the last fit's own rollouts, and the chosen fit sampled with PPO's initial noise
+    assert report.env_steps == 4 * 16 * steps and len(report.rounds) == 2
     assert report.rounds[0].executed == "expert-guided" and report.rounds[1].executed == "fitted policy"
     assert report.rounds[1].samples == report.rounds[0].new_samples + report.rounds[1].new_samples
     assert all(r.own_success is not None for r in report.rounds)
     assert report.start_success == max(r.own_success for r in report.rounds)
-    assert any("round 1/2" in line for line in lines)
+    assert any("round 1/2" in line for line in lines) and any("sampling with log-std -2.0" in line for line in lines)
     np.testing.assert_allclose(ts.params["log_std"], -2.0)
     assert float(jnp.sum(ts.normalizer.mean ** 2)) > 0.0  # the warm start's data set the normaliser
     # the critic was fitted (a fresh critic's parameters would be unchanged)
@@ -305,8 +306,13 @@ def test_expert_warm_start_imitates_the_expert_and_hands_ppo_a_fitted_state(draw
     assert max(moved) > 0.0
 
     # On fresh expert-guided rollouts (other seed) the fitted residual's error is far below the zero residual's.
-    out = jax.device_get(_rollout_fn(trainer, env, 16, steps)(ts.params, ts.normalizer, jax.random.PRNGKey(99),
-                                                            jnp.asarray(True)))
+    rollout = _rollout_fn(trainer, env, 16, steps)
+    out = jax.device_get(rollout(ts.params, ts.normalizer, jax.random.PRNGKey(99), jnp.asarray(True), jnp.float32(0.0)))
+    # the learner's rollouts: the same key gives the same episode without noise, another one with PPO's noise
+    mean_a, mean_b, noisy = (jax.device_get(rollout(ts.params, ts.normalizer, jax.random.PRNGKey(5), jnp.asarray(False),
+                                                    jnp.float32(std)))["obs"] for std in (0.0, 0.0, 0.5))
+    np.testing.assert_array_equal(mean_a, mean_b)
+    assert np.max(np.abs(noisy[-1] - mean_a[-1])) > 1e-3
     valid = out["valid"].reshape(-1)
     obs = jnp.asarray(out["obs"].reshape(-1, trainer.obs_size)[valid])
     target = out["target"].reshape(-1, 7)[valid]

@@ -99,6 +99,48 @@ def test_actor_mean_is_zero_at_init():
     assert float(jnp.std(sample)) == pytest.approx(np.exp(cfg.init_log_std), rel=0.2)
 
 
+def test_adaptive_learning_rate_follows_the_measured_kl():
+    """With `desired_kl` the learning rate is adapted each minibatch to the KL it measures: PPO still learns the
+    task, and a far smaller target drives the rate (and with it the per-update KL) down."""
+    cfg = small_cfg(desired_kl=0.01)
+    _, hist = train(make_trainer(cfg), cfg)
+    lrs = np.array([h["learning_rate"] for h in hist])
+    # measured: up to ~7.5e-3 while the KL is small, down to ~3e-4 once updates move the policy (start 3e-3)
+    assert np.all((lrs >= 1e-6) & (lrs <= 1e-2)) and lrs.max() > cfg.learning_rate and lrs.min() < cfg.learning_rate / 2
+    assert_learns([h["episode/sum_reward"] for h in hist], [h["episode/count"] for h in hist],
+                  [h["episode/success"] for h in hist])
+    tight = small_cfg(desired_kl=1e-5, total_timesteps=small_cfg().batch_size * 8)
+    _, tight_hist = train(make_trainer(tight), tight)
+    assert tight_hist[-1]["learning_rate"] < cfg.learning_rate / 10
+    assert np.mean([h["approx_kl"] for h in tight_hist[5:8]]) < np.mean([h["approx_kl"] for h in hist[5:8]])
+    with pytest.raises(ValueError, match="desired_kl"):
+        small_cfg(desired_kl=0.0)
+
+
+def test_adaptive_learning_rate_survives_checkpoint_and_resume(tmp_path):
+    cfg = small_cfg(desired_kl=0.01, total_timesteps=2 * small_cfg().batch_size, checkpoint_every=1)
+    saved, _ = train(make_trainer(cfg), cfg, checkpoint_dir=tmp_path)
+    assert float(saved.opt_state[1].hyperparams["learning_rate"]) != cfg.learning_rate
+    restored, hist = train(make_trainer(cfg), cfg, resume=True, checkpoint_dir=tmp_path)
+    assert hist == [] and int(restored.iteration) == 2
+    _tree_equal(restored.opt_state, saved.opt_state)
+    longer = cfg.model_copy(update={"total_timesteps": 3 * cfg.batch_size})
+    _, hist = train(make_trainer(longer), longer, resume=True, checkpoint_dir=tmp_path)
+    assert [h["iteration"] for h in hist] == [3] and np.isfinite(hist[0]["learning_rate"])
+
+
+def test_frozen_normalizer_stays_as_the_run_started():
+    cfg = small_cfg(freeze_normalizer=True, total_timesteps=small_cfg().batch_size * 2)
+    trainer = make_trainer(cfg)
+    ts = trainer.init(jax.random.PRNGKey(0))
+    ts = ts.replace(normalizer=ts.normalizer.replace(mean=ts.normalizer.mean + 0.5))
+    after, _ = trainer.train_step(ts)
+    _tree_equal(after.normalizer, ts.normalizer)
+    moving = make_trainer(small_cfg(total_timesteps=small_cfg().batch_size * 2))
+    moved, _ = moving.train_step(ts)
+    assert float(jnp.max(jnp.abs(moved.normalizer.mean - ts.normalizer.mean))) > 0.0
+
+
 def test_warm_start_hook_runs_once_on_a_fresh_run_and_not_on_resume(tmp_path):
     cfg = small_cfg().model_copy(update={"total_timesteps": 2 * small_cfg().batch_size, "checkpoint_every": 1})
     trainer = make_trainer(cfg)

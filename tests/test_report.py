@@ -230,6 +230,7 @@ def test_baselines_budget_and_conditions(tmp_path):
 
     assert info["config"]["expert_warm_start"] == 0
     assert info["config"]["warm_start_log_std"] == WarmStartConfig.model_fields["log_std"].default
+    assert info["config"]["desired_kl"] is None and not info["config"]["freeze_normalizer"]
     args = SimpleNamespace(num_envs=None, timesteps=None, policy=None)
     assert resolve_budget(info["config"], args) == {"num_envs": 128, "timesteps_per_policy": 250_000, "policy": "per-mode",
                                                     "budget_matches_run": True}
@@ -311,7 +312,9 @@ def test_summary_names_hand_back_and_expert_path_starts():
     assert infer_run_method({"selector": "rules", "expert_warm_start": 8}, None) == (
         "recovla-rules-warm", "ReCoVLA (rules), expert warm start")
     warm = _protocol_lines({"eval_conditions": {}, "expert_warm_start": {
-        "rounds": 8, "extra_env_steps": 1_000, "policies": {"a": {"start_success": 0.25}, "b": {"start_success": None}}}})
-    assert len(warm) == 1 and "8 DAgger rounds" in warm[0] and "a 25.0%" in warm[0] and "b " not in warm[0]
+        "rounds": 8, "extra_env_steps": 1_000, "policies": {"a": {"start_success": 0.25, "start_success_sampled": 0.125}, "b": {"start_success": None}},
+        "desired_kl": 0.01, "freeze_normalizer": True}})
+    assert len(warm) == 1 and "8 DAgger rounds" in warm[0] and "a 25.0% (12.5% sampling" in warm[0] and "b " not in warm[0]
+    assert "KL target of 0.01" in warm[0] and "normaliser was kept fixed" in warm[0]
     desync = _protocol_lines({"eval_conditions": {}, "desync_episodes": True})
     assert len(desync) == 1 and "first episode was cut at a random length" in desync[0]

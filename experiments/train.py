@@ -109,23 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def reward_weight_arg(text: str) -> tuple[str, float]:
-    """`COMPONENT=WEIGHT` -> (component, weight); the component names are checked against the task later."""
-    name, sep, value = text.partition("=")
-    try:
-        weight = float(value)
-    except ValueError:
-        weight = float("nan")
-    if not sep or not name.strip() or not (weight >= 0.0 and weight != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected COMPONENT=WEIGHT with a finite weight >= 0, got {text!r}")
-    return name.strip(), weight
-
-
 def non_negative_float(text: str) -> float:
+    """A finite float >= 0 (argparse type); nan, inf, negatives and non-numbers are refused."""
     value = float(text)
     if not value >= 0.0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite value >= 0, got {text!r}")
     return value
+
+
+def reward_weight_arg(text: str) -> tuple[str, float]:
+    """`COMPONENT=WEIGHT` -> (component, weight); the component names are checked against the task later."""
+    name, sep, value = text.partition("=")
+    try:
+        weight = non_negative_float(value)
+    except (ValueError, argparse.ArgumentTypeError):
+        weight = None
+    if not sep or not name.strip() or weight is None:
+        raise argparse.ArgumentTypeError(f"expected COMPONENT=WEIGHT with a finite weight >= 0, got {text!r}")
+    return name.strip(), weight
 
 
 def apply_warm_start_defaults(args: argparse.Namespace) -> argparse.Namespace:

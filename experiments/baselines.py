@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments.policy_training import (MetricsSink, expert_warm_start, starts_description, train_policy, training_env,
+from experiments.policy_training import (MetricsSink, start_policy, starts_description, train_policy, training_env,
                                         warm_start_record)
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -307,6 +307,13 @@ def run_baseline(args: argparse.Namespace) -> dict:
     # The run's exploration noise unless overridden (load_run fills the main job's default into older runs).
     ppo_kw["init_log_std"] = float(args.init_log_std if args.init_log_std is not None else config["init_log_std"])
     ppo_cfg = PPOConfig(**ppo_kw)
+    unwarmed = config.get("ppo_without_warm_start") or {"desired_kl": None, "freeze_normalizer": False}
+
+    def make_trainer(batched: Any) -> Callable[[Any], Any]:
+        if finetune:
+            return lambda cfg: FinetunePPOTrainer(batched, cfg, base, mesh=mesh)
+        return lambda cfg: PPOTrainer(batched, cfg, mesh=mesh)
+
     mesh = make_mesh() if jax.device_count() > 1 else None
     randomization = None if config.get("no_randomization") else DomainRandomization()
     groups = {m: [m] for m in usable} if budget["policy"] == "per-mode" else {"conditioned": usable}
@@ -332,19 +339,27 @@ def run_baseline(args: argparse.Namespace) -> dict:
         env = make_env(starts, start_weights=start_weights)
         batched = training_env(env, ppo_cfg.num_envs, int(config["episode_length"]),
                                int(config["seed"]), randomization, bool(config.get("desync_episodes", False)))
-        trainer = FinetunePPOTrainer(batched, ppo_cfg, base, mesh=mesh) if finetune else PPOTrainer(batched, ppo_cfg, mesh=mesh)
-        log(f"training '{name}' on {starts_description(len(train_bank), len(starts))} ({ppo_cfg.num_iterations} iterations; "
-            "the first compiles)")
-        warm = expert_warm_start(warm_rounds, trainer, env, num_envs=ppo_cfg.num_envs,
-                                 steps=int(config["episode_length"]), log_std=float(config["warm_start_log_std"]),
-                                 seed=int(config["seed"]), log=log, reports=warm_reports, name=name,
-                                 report_path=out / "warm_start" / f"{name}.json")
-        ts, record["curves"][name] = train_policy(name, f"{args.method}/{name}", trainer, ppo_cfg, console=console, sink=sink,
-                                                  checkpoint_dir=ckpt_root / name, resume=args.resume, warm_start=warm)
+        log(f"training '{name}' on {starts_description(len(train_bank), len(starts))} ({ppo_cfg.num_iterations} "
+            "iterations; the first compiles)")
+        ckpt_dir = ckpt_root / name
+        run_report = run / "warm_start" / f"{name}.json"
+        # Warm-started exactly where the run's policy was (the run's gate and fit check decide, not the baseline's).
+        trainer, policy_cfg, warm = start_policy(
+            warm_rounds, make_trainer(batched), env, warm_cfg=ppo_cfg, plain_cfg=ppo_cfg.model_copy(update=unwarmed),
+            train_states=len(train_bank), steps=int(config["episode_length"]),
+            log_std=float(config["warm_start_log_std"]), seed=int(config["seed"]), min_teacher=0.0, fallback=False,
+            log=log, reports=warm_reports, name=name, report_path=out / "warm_start" / f"{name}.json",
+            resuming=bool(args.resume) and ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()),
+            follow=json.loads(run_report.read_text()) if run_report.exists() else {})
+        ts, record["curves"][name] = train_policy(name, f"{args.method}/{name}", trainer, policy_cfg, console=console,
+                                                  sink=sink, checkpoint_dir=ckpt_dir, resume=args.resume,
+                                                  warm_start=warm)
         params_by_group[name] = jax.device_get((ts.params, ts.normalizer))
     writer.close()
     if warm_rounds:
-        record["expert_warm_start"] = warm_start_record(warm_rounds, warm_reports, ppo_cfg)
+        record["expert_warm_start"] = warm_start_record(warm_rounds, warm_reports, ppo_cfg,
+                                                        float(config.get("warm_start_min_teacher") or 0.0),
+                                                        bool(config.get("warm_start_fallback")))
         record["label"] = f"{record['label']}, expert warm start"
     group_of = {m: g for g, ms in groups.items() for m in ms}
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all groups)

@@ -25,15 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0.0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+from experiments.arg_types import positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dynamics-randomization", action="store_true", help="nominal friction/mass/damping/gain")
     p.add_argument("--release-on", choices=["progress", "success"], default="success",
                    help="when the runtime hands control back to the base")
-    p.add_argument("--max-residual-norm", type=_positive_float, default=None,
+    p.add_argument("--max-residual-norm", type=positive_float, default=None,
                    help="override the manifest's residual norm cap (> 0; a tiny cap such as 1e-6 switches residuals off "
                         "while the runtime still switches: an ablation)")
     p.add_argument("--base", default="onnx",

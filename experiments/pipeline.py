@@ -14,7 +14,7 @@ from rich.console import Console
 from tensorboardX import SummaryWriter
 
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
-from experiments.policy_training import (MetricsSink, expert_warm_start, starts_description, train_policy, training_env,
+from experiments.policy_training import (MetricsSink, start_policy, starts_description, train_policy, training_env,
                                         warm_start_record)
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
@@ -163,9 +163,17 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                      "diagnosis": diagnosis["per_mode"], "modes": {}, "curves": {}}
     policy_params = {}
     warm_reports: dict = {}
+    min_teacher = float(getattr(args, "warm_start_min_teacher", 0.0) or 0.0)
+    fallback = bool(getattr(args, "warm_start_fallback", False))
+    # a policy the gate leaves to plain PPO trains as it would without --expert-warm-start
+    unwarmed = getattr(args, "ppo_without_warm_start", None) or {"desired_kl": None, "freeze_normalizer": False}
     if warm_rounds:
         log(f"--expert-warm-start: each policy first imitates the scripted expert's corrections ({warm_rounds} DAgger "
-            "rounds on its train starts), then PPO trains it as usual")
+            "rounds on its train starts), then PPO trains it as usual"
+            + (f"; policies whose expert-guided residual recovers under {min_teacher:.0%} of their train states train "
+               "with plain PPO" if min_teacher else "")
+            + ("; a fit that succeeds from fewer train states than PPO's fresh policy is dropped for plain PPO"
+               if fallback else ""))
     for name, modes in groups.items():
         train_bank = _merge([bank.select(m, "train") for m in modes])
         starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
@@ -174,18 +182,21 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                           hand_back_delay=delay, start_weights=start_weights)
         batched = training_env(env, ppo_cfg.num_envs, args.episode_length, args.seed, randomization,
                                bool(getattr(args, "desync_episodes", False)))
-        trainer = PPOTrainer(batched, ppo_cfg, mesh=mesh)
+        ckpt_dir = run_dir / "checkpoints" / name
         log(f"training residual '{name}' on {starts_description(len(train_bank), len(starts))} "
             f"({ppo_cfg.num_iterations} iterations; the first compiles the training step)")
-        warm = expert_warm_start(warm_rounds, trainer, env, num_envs=ppo_cfg.num_envs, steps=args.episode_length,
-                                 log_std=float(args.warm_start_log_std), seed=args.seed, log=log,
-                                 reports=warm_reports, name=name, report_path=run_dir / "warm_start" / f"{name}.json")
-        ts, curve = train_policy(name, name, trainer, ppo_cfg, console=console, sink=sink,
-                                 checkpoint_dir=run_dir / "checkpoints" / name, resume=args.resume,
+        trainer, policy_cfg, warm = start_policy(
+            warm_rounds, lambda cfg: PPOTrainer(batched, cfg, mesh=mesh), env, warm_cfg=ppo_cfg,
+            plain_cfg=ppo_cfg.model_copy(update=unwarmed), train_states=len(train_bank), steps=args.episode_length,
+            log_std=float(args.warm_start_log_std), seed=args.seed, min_teacher=min_teacher, fallback=fallback, log=log,
+            reports=warm_reports, name=name, report_path=run_dir / "warm_start" / f"{name}.json",
+            resuming=bool(args.resume) and ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()))
+        ts, curve = train_policy(name, name, trainer, policy_cfg, console=console, sink=sink,
+                                 checkpoint_dir=ckpt_dir, resume=args.resume,
                                  disable_progress=jax.process_index() != 0, warm_start=warm)
         policy_params[name] = jax.device_get((ts.params, ts.normalizer))
         if jax.process_index() == 0:
-            write_policy_bundle(run_dir, name, modes, task, base, env, ppo_cfg, args, descriptors)
+            write_policy_bundle(run_dir, name, modes, task, base, env, policy_cfg, args, descriptors)
         results["curves"][name] = curve
 
     # 6. evaluation on held-out failure states: one compiled program for every mode and both arms
@@ -218,7 +229,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         results["expert_path_starts"] = {"fraction": path_fraction, "stride": path_stride, "path_states": len(paths),
                                          "expert_on_train_states": paths.meta.get("expert", {})}
     if warm_rounds:
-        results["expert_warm_start"] = warm_start_record(warm_rounds, warm_reports, ppo_cfg)
+        results["expert_warm_start"] = warm_start_record(warm_rounds, warm_reports, ppo_cfg, min_teacher, fallback)
     if getattr(args, "desync_episodes", False):
         results["desync_episodes"] = True
     results["bank"] = {"counts": counts, "collection": bank.meta.get("collection", {})}

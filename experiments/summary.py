@@ -63,15 +63,28 @@ def _protocol_lines(results: dict) -> list[str]:
     w = results.get("expert_warm_start")
     if w:
         starts = ", ".join(f"{name} {100 * r['start_success']:.1f}%" + (
-            f" ({100 * r['start_success_sampled']:.1f}% sampling with PPO's initial exploration noise)"
+            f" ({100 * r['start_success_sampled']:.1f}% sampling with PPO's initial exploration noise"
+            + (f", log-std {r['start_log_std']:g}" if r.get("start_log_std") is not None else "") + ")"
             if r.get("start_success_sampled") is not None else "")
-            for name, r in w["policies"].items() if r.get("start_success") is not None)
-        lines.append(f"- expert warm start: before PPO each policy imitated the scripted expert's corrections in {w['rounds']} "
-                     f"DAgger rounds on its train states ({w['extra_env_steps']:,} env steps outside PPO's budget); the fit "
-                     f"PPO started from succeeded on its own rollouts from train states in: {starts or 'n/a'}"
-                     + (f"; PPO then adapted its learning rate to a KL target of {w['desired_kl']}"
-                        if w.get("desired_kl") is not None else "")
-                     + ("; the warm start's observation normaliser was kept fixed" if w.get("freeze_normalizer") else ""))
+            for name, r in w["policies"].items() if r.get("start_success") is not None and not r.get("fit_rejected"))
+        kept = (f"the fit PPO started from succeeded on its own rollouts from train states in: {starts}"
+                + (f"; PPO then adapted its learning rate to a KL target of {w['desired_kl']}"
+                   if w.get("desired_kl") is not None else "")
+                + ("; the warm start's observation normaliser was kept fixed" if w.get("freeze_normalizer") else "")
+                ) if starts else "no policy kept a fit (below)"
+        lines.append(f"- expert warm start ({w['rounds']} DAgger rounds on each policy's train states, imitating the scripted "
+                     f"expert's corrections; {w['extra_env_steps']:,} env steps outside PPO's budget): {kept}")
+        skipped = [f"{name} ({100 * r['teacher_success']:.1f}%)" for name, r in w["policies"].items() if r.get("skipped")]
+        if skipped:
+            lines.append(f"- trained with plain PPO instead (the expert-guided residual recovered under "
+                         f"{100 * w.get('min_teacher', 0.0):.0f}% of their train states, so there was no teacher worth "
+                         f"imitating): {', '.join(skipped)}")
+        rejected = [f"{name} (fit {100 * (r.get('start_success_sampled') or 0.0):.1f}%, fresh policy "
+                    f"{100 * (r.get('fresh_success_sampled') or 0.0):.1f}%)" for name, r in w["policies"].items()
+                    if r.get("fit_rejected")]
+        if rejected:
+            lines.append("- fit dropped, trained with plain PPO from scratch (sampled, the fit succeeded from fewer train "
+                         f"states than PPO's fresh policy): {', '.join(rejected)}")
     if results.get("desync_episodes"):
         lines.append("- desynchronized episodes: each training env's first episode was cut at a random length, so PPO "
                      "updates mix every phase of the episode (training only)")

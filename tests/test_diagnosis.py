@@ -554,6 +554,14 @@ def test_expert_warm_start_switches_the_adaptive_learning_rate_and_frozen_normal
     for bad in ("-0.1", "nan", "inf", "x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args([f"--desired-kl={bad}"])
+    # a policy the teacher gate leaves to plain PPO trains as without --expert-warm-start, or as told
+    assert parsed("--expert-warm-start=2").ppo_without_warm_start == {"desired_kl": None, "freeze_normalizer": False}
+    assert parsed("--expert-warm-start=2", "--desired-kl=0.02").ppo_without_warm_start["desired_kl"] == 0.02
+    assert parsed().warm_start_min_teacher == 0.0 and parsed("--warm-start-min-teacher=0.8").warm_start_min_teacher == 0.8
+    assert parsed().warm_start_fallback and not parsed("--no-warm-start-fallback").warm_start_fallback
+    for bad in ("-0.1", "1.5", "nan", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([f"--warm-start-min-teacher={bad}"])
 
 
 def test_resume_refuses_options_that_would_not_continue_the_checkpointed_training(tmp_path):
@@ -634,12 +642,12 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
                 "--num-envs=8", "--timesteps=160", "--unroll-length=10", "--episode-length=20", "--diagnose-states=2",
                 "--checkpoint-every=1", "--expert-warm-start=1"])
     results = json.loads((run / "results.json").read_text())
-    # one DAgger round: the expert-guided rollouts, the fit's own and the fit sampled with PPO's noise, 512 envs x
-    # 20 steps each, counted; the warm start switched PPO's adaptive learning rate on
+    # one DAgger round: the expert-guided rollouts, the fit's own, the fresh policy's and the fit sampled with PPO's
+    # noise, 512 envs x 20 steps each, counted (neither succeeds within 20 steps, so the fit is kept); the warm start switched PPO's adaptive learning rate on
     config = json.loads((run / "config.json").read_text())
     assert config["desired_kl"] == 0.01 and config["freeze_normalizer"] is True
     warm = results["expert_warm_start"]
-    assert warm["rounds"] == 1 and warm["extra_env_steps"] == 3 * 512 * 20
+    assert warm["rounds"] == 1 and warm["extra_env_steps"] == 4 * 512 * 20 and warm["fallback"] and not warm["fit_rejected"]
     assert warm["policies"]["missed_handle"]["rounds"][0]["executed"] == "expert-guided"
     assert "expert warm start" in (run / "summary.md").read_text()
     cell = results["modes"]["missed_handle"]

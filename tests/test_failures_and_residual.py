@@ -1,5 +1,7 @@
 """Failure bank collection/round-trip, and the residual env reproducing the base policy at init."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -291,14 +293,22 @@ def test_expert_warm_start_imitates_the_expert_and_hands_ppo_a_fitted_state(draw
     lines: list[str] = []
     ts, report = warm_start(trainer, fresh, env, ws, log=lines.append)
 
-    # two rounds, the last fit's own rollouts, and the chosen fit sampled with PPO's initial noise
-    assert report.env_steps == 4 * 16 * steps and len(report.rounds) == 2
+    # two rounds, the last fit's own rollouts, and the chosen fit sampled with PPO's initial noise (narrowed while it
+    # loses over half of the fit's success)
+    checks = report.noise_checks
+    # (+ the fresh policy's rollouts, what PPO would start from without the warm start)
+    assert report.env_steps == (4 + len(checks)) * 16 * steps and len(report.rounds) == 2
+    assert 0.0 <= report.fresh_success_sampled <= 1.0
+    assert checks[0]["log_std"] == -2.0 and [c["log_std"] for c in checks] == [-2.0 - i for i in range(len(checks))]
+    assert all(c["success"] < 0.5 * report.start_success for c in checks[:-1])
+    assert report.start_log_std == checks[-1]["log_std"] and report.start_success_sampled == checks[-1]["success"]
     assert report.rounds[0].executed == "expert-guided" and report.rounds[1].executed == "fitted policy"
     assert report.rounds[1].samples == report.rounds[0].new_samples + report.rounds[1].new_samples
     assert all(r.own_success is not None for r in report.rounds)
     assert report.start_success == max(r.own_success for r in report.rounds)
-    assert any("round 1/2" in line for line in lines) and any("sampling with log-std -2.0" in line for line in lines)
-    np.testing.assert_allclose(ts.params["log_std"], -2.0)
+    assert any("round 1/2" in line for line in lines)
+    assert any(f"sampling with log-std {report.start_log_std}" in line for line in lines)
+    np.testing.assert_allclose(ts.params["log_std"], report.start_log_std)
     assert float(jnp.sum(ts.normalizer.mean ** 2)) > 0.0  # the warm start's data set the normaliser
     # the critic was fitted (a fresh critic's parameters would be unchanged)
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ts.params["critic"],
@@ -322,3 +332,141 @@ def test_expert_warm_start_imitates_the_expert_and_hands_ppo_a_fitted_state(draw
     # the PPO step runs from the warm-started state
     ts2, metrics = trainer.train_step(ts)
     assert int(ts2.iteration) == 1 and np.isfinite(float(metrics["policy_loss"]))
+
+
+def test_warm_start_gate_leaves_a_policy_without_a_good_teacher_to_plain_ppo(drawer_task, drawer_env, drawer_base_policy,
+                                                                             tmp_path, monkeypatch):
+    """`train --warm-start-min-teacher`: the expert-guided residual is measured from the policy's train states; under
+    the threshold the policy is not warm-started, the decision and its measurement are written where a resumed run
+    reads them back; at 0 nothing is measured."""
+    import recovla_jax.evaluation.authority as authority
+    from experiments.policy_training import warm_start_gate, warm_start_record
+
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    weights = np.zeros((3, len(component_names(drawer_task))), np.float32)
+    env = ResidualEnv(drawer_task, drawer_base_policy, bank, weights, alpha=1.0, obs_noise=0.0, latency_prob=0.0)
+    lines: list[str] = []
+    reports: dict = {}
+    path = tmp_path / "warm_start" / "missed_handle.json"
+    # Ten steps from a closed drawer cannot open it: the guide recovers none of the 6 train states measured.
+    warm, measured = warm_start_gate(env, 6, steps=10, seed=0, min_teacher=0.5, log=lines.append, reports=reports,
+                                     name="missed_handle", report_path=path)
+    assert not warm and measured == {"teacher_success": 0.0, "min_teacher": 0.5, "teacher_env_steps": 60}
+    saved = json.loads(path.read_text())
+    assert saved["skipped"] and saved["env_steps"] == 60 and reports["missed_handle"] == saved
+    assert any("skipped for 'missed_handle'" in line and "0.0%" in line for line in lines)
+
+    def no_measuring(*_a, **_k):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(authority, "expert_guided_success", no_measuring)
+    # a resumed run reads the decision back, whatever the threshold now
+    assert warm_start_gate(env, 6, steps=10, seed=0, min_teacher=0.0, log=lines.append, reports={}, name="missed_handle",
+                           report_path=path) == (False, {})
+    # threshold 0: every policy is warm-started, nothing measured
+    assert warm_start_gate(env, 6, steps=10, seed=0, min_teacher=0.0, log=lines.append, reports={}, name="slipped_off",
+                           report_path=tmp_path / "warm_start" / "slipped_off.json") == (True, {})
+    # at or above the threshold: warm-started, the measurement handed on for the warm start's report
+    monkeypatch.setattr(authority, "expert_guided_success", lambda env_, idx, steps, seed=0: np.arange(len(idx)) < 4)
+    warm, measured = warm_start_gate(env, 5, steps=10, seed=0, min_teacher=0.8, log=lines.append, reports={},
+                                     name="slipped_off", report_path=tmp_path / "warm_start" / "slipped_off.json")
+    assert warm and measured["teacher_success"] == pytest.approx(0.8)
+    assert not (tmp_path / "warm_start" / "slipped_off.json").exists()  # the warm start writes it, with its rounds
+
+    record = warm_start_record(4, {"missed_handle": saved, "slipped_off": {"env_steps": 100, "start_success": 0.5},
+                                   "misaligned_gripper": {"env_steps": 10, "fit_rejected": True}},
+                               PPOConfig(desired_kl=0.01, freeze_normalizer=True), 0.5, True)
+    assert record["skipped"] == ["missed_handle"] and record["fit_rejected"] == ["misaligned_gripper"]
+    assert record["extra_env_steps"] == 170 and (record["min_teacher"], record["fallback"]) == (0.5, True)
+
+
+def test_start_policy_drops_a_weak_fit_and_a_baseline_follows_the_runs_decisions(tmp_path, monkeypatch):
+    """`start_policy`: a fit that (sampled) succeeds less than PPO's fresh policy is dropped for plain PPO with the plain
+    config under `fallback`; a kept fit hands
+    PPO its warm-started state; a resumed run and a baseline take the recorded decisions without measuring or fitting."""
+    import recovla_jax.training.expert_warm_start as ews
+    from experiments.policy_training import start_policy
+    from recovla_jax.training.expert_warm_start import WarmStartReport
+
+    class Trainer:
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def init(self, _key):
+            return "fresh"
+
+    fits = iter([(0.2, 0.9), (0.15, 0.05)])  # (the fit sampled, the fresh policy sampled)
+
+    def fake_warm_start(trainer, ts, env, cfg, log=print):
+        assert ts == "fresh" and trainer.cfg.desired_kl == 0.01 and cfg.rounds == 3
+        fit, fresh = next(fits)
+        return "warm", WarmStartReport(env_steps=50, rounds=[], critic_loss=0.0, start_success=0.9,
+                                       start_success_sampled=fit, fresh_success_sampled=fresh)
+
+    monkeypatch.setattr(ews, "warm_start", fake_warm_start)
+    warm_cfg, plain_cfg = PPOConfig(desired_kl=0.01, freeze_normalizer=True), PPOConfig()
+    reports: dict = {}
+    lines: list[str] = []
+
+    def start(name, **kw):
+        args = dict(warm_cfg=warm_cfg, plain_cfg=plain_cfg, train_states=4, steps=10, log_std=-3.0, seed=0,
+                    min_teacher=0.0, fallback=True, log=lines.append, reports=reports, name=name,
+                    report_path=tmp_path / f"{name}.json", resuming=False)
+        return start_policy(3, Trainer, None, **{**args, **kw})
+
+    trainer, cfg, hook = start("weak")
+    assert cfg is plain_cfg and trainer.cfg is plain_cfg and hook is None
+    assert reports["weak"]["fit_rejected"] and reports["weak"]["env_steps"] == 50
+    assert json.loads((tmp_path / "weak.json").read_text())["start_success_sampled"] == 0.2
+    assert any("dropped for 'weak'" in line and "20.0%" in line and "90.0%" in line for line in lines)
+    trainer, cfg, hook = start("kept")  # a weak fit, yet better than the fresh policy: kept
+    assert cfg is warm_cfg and hook("fresh") == "warm" and "fit_rejected" not in reports["kept"]
+
+    def no_fitting(*_a, **_k):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(ews, "warm_start", no_fitting)
+    assert start("weak", resuming=True)[1] is plain_cfg and start("kept", resuming=True)[1:] == (warm_cfg, None)
+    # a baseline follows the run's reports: plain where the run was plain, warm-started (its own fit, kept
+    # whatever its success) where the run's was
+    run_reports = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("weak", "kept")}
+    out = tmp_path / "baseline"
+    assert start("weak", report_path=out / "weak.json", follow=run_reports["weak"])[1] is plain_cfg
+    assert reports["weak"]["decided_by"] == "the run's warm start" and reports["weak"]["env_steps"] == 0
+    monkeypatch.setattr(ews, "warm_start", lambda trainer, ts, env, cfg, log=print: (
+        "warm", WarmStartReport(env_steps=50, rounds=[], critic_loss=0.0, start_success=0.1, start_success_sampled=0.0,
+                                fresh_success_sampled=0.5)))
+    assert start("kept", report_path=out / "kept.json", follow=run_reports["kept"], fallback=False)[1] is warm_cfg
+    assert start("new", report_path=out / "new.json", follow={}, fallback=False)[1] is warm_cfg  # an older run: warm
+
+
+def test_expert_warm_start_narrows_exploration_noise_that_erases_the_fit(drawer_task, drawer_env, drawer_base_policy):
+    """At alpha 1 and log-std +1 the sampled residual is near-random over the whole action range, which no drawer
+    episode survives, while the fitted mean (the clone plus a small correction) succeeds from nominal starts: the
+    warm start must narrow PPO's initial noise until the sampled fit keeps half of its success, and start PPO there."""
+    from recovla_jax.sim.wrappers import wrap_batched
+    from recovla_jax.training.expert_warm_start import WarmStartConfig, warm_start
+
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    weights = np.zeros((3, len(component_names(drawer_task))), np.float32)
+    env = ResidualEnv(drawer_task, drawer_base_policy, bank, weights, alpha=1.0, obs_noise=0.0, latency_prob=0.0)
+    steps = drawer_task.config.episode_length
+    cfg = PPOConfig(num_envs=8, unroll_length=5, num_minibatches=2, total_timesteps=40, actor_hidden=(64, 64),
+                    critic_hidden=(32, 32), desired_kl=0.01)
+    trainer = PPOTrainer(wrap_batched(env, 8, steps), cfg)
+    ws = WarmStartConfig(rounds=1, num_envs=16, steps=steps, fit_steps=300, batch_size=256, learning_rate=3e-3,
+                         log_std=1.0, min_log_std=-3.0)
+    lines: list[str] = []
+    ts, report = warm_start(trainer, trainer.init(jax.random.PRNGKey(0)), env, ws, log=lines.append)
+    checks = report.noise_checks
+    assert report.start_success >= 0.5, report  # the fit works with its mean action
+    assert checks[0]["log_std"] == 1.0 and checks[0]["success"] < 0.5 * report.start_success
+    assert len(checks) >= 2 and checks[-1]["success"] >= 0.5 * report.start_success
+    assert report.start_log_std == checks[-1]["log_std"] >= -3.0
+    np.testing.assert_allclose(ts.params["log_std"], report.start_log_std)
+    assert report.env_steps == (3 + len(checks)) * 16 * steps
+    assert any("narrowing PPO's initial noise to 0.0" in line for line in lines)
+    # PPO's adaptive learning rate starts scaled to the narrower noise (the rate over the std as at init_log_std)
+    expected = cfg.learning_rate * np.exp(report.start_log_std - cfg.init_log_std)
+    assert report.start_learning_rate == pytest.approx(expected)
+    assert float(ts.opt_state[1].hyperparams["learning_rate"]) == pytest.approx(expected, rel=1e-5)

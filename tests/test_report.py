@@ -316,5 +316,20 @@ def test_summary_names_hand_back_and_expert_path_starts():
         "desired_kl": 0.01, "freeze_normalizer": True}})
     assert len(warm) == 1 and "8 DAgger rounds" in warm[0] and "a 25.0% (12.5% sampling" in warm[0] and "b " not in warm[0]
     assert "KL target of 0.01" in warm[0] and "normaliser was kept fixed" in warm[0]
+    gated = _protocol_lines({"eval_conditions": {}, "expert_warm_start": {
+        "rounds": 8, "extra_env_steps": 1_000, "min_teacher": 0.8, "policies": {
+            "a": {"start_success": 0.25, "start_success_sampled": 0.2, "start_log_std": -5.0},
+            "c": {"skipped": True, "teacher_success": 0.471, "start_success": None},
+            "d": {"fit_rejected": True, "start_success": 0.3, "start_success_sampled": 0.234,
+                  "fresh_success_sampled": 0.91}}, "fallback": True}})
+    assert len(gated) == 3 and "d 30.0%" not in gated[0] and "from scratch" in gated[2]
+    assert "d (fit 23.4%, fresh policy 91.0%)" in gated[2]
+    assert "c " not in gated[0] and "plain PPO" in gated[1] and "under 80%" in gated[1]
+    assert "a 25.0% (20.0% sampling with PPO's initial exploration noise, log-std -5)" in gated[0]
+    none_kept = _protocol_lines({"eval_conditions": {}, "expert_warm_start": {
+        "rounds": 8, "extra_env_steps": 1_000, "desired_kl": 0.01, "fallback": True,
+        "policies": {"d": {"fit_rejected": True, "start_success": 0.3, "start_success_sampled": 0.234}}}})
+    assert "no policy kept a fit" in none_kept[0] and "KL target" not in none_kept[0]
+    assert "c (47.1%)" in gated[1]
     desync = _protocol_lines({"eval_conditions": {}, "desync_episodes": True})
     assert len(desync) == 1 and "first episode was cut at a random length" in desync[0]

@@ -21,10 +21,12 @@ What it does, per policy, before PPO's first iteration:
 3. Each fit drives one more round of rollouts, which also measures its own success. As with the base's
    DAgger, success is not monotone over rounds, so PPO starts from the fit that succeeded most (with the
    normaliser it was fitted under). That fit is rolled out once more sampling actions as PPO will, with
-   `log_std` noise (its success is reported: noise that is too wide erases the fit), and the critic is
-   fitted to the discounted returns of the compiled (masked) reward along those rollouts, so PPO's first
+   `log_std` noise (its success is reported: noise that is too wide erases the fit); while the noise loses
+   over half of the fit's success it is narrowed by one (to `min_log_std` at most) and tried again
+   (peg_insert, 2 mm clearance: a fit with 56.2% own success kept 0.0% at -3). The critic is fitted to the
+   discounted returns of the compiled (masked) reward along the last of those rollouts, so PPO's first
    advantages are not those of a random critic.
-4. PPO then starts from these parameters with `log_std` exploration and trains on the run's reward as
+4. PPO then starts from these parameters with the chosen exploration noise and trains on the run's reward as
    always; `train` runs it with the adaptive learning rate (`PPOConfig.desired_kl`) and keeps the warm
    start's normaliser (`PPOConfig.freeze_normalizer`), both measured below. Evaluation still uses held-out
    failure states only; the expert is never queried there.
@@ -60,7 +62,7 @@ import optax
 from brax.training.acme import running_statistics
 from pydantic import BaseModel, ConfigDict, Field
 
-from recovla_jax.training.ppo import PPOTrainer, TrainingState
+from recovla_jax.training.ppo import PPOTrainer, TrainingState, with_learning_rate
 
 
 class WarmStartConfig(BaseModel):
@@ -74,8 +76,10 @@ class WarmStartConfig(BaseModel):
     fit_steps: int = Field(2000, ge=1, description="Adam steps after each round (continuing from the last fit)")
     batch_size: int = Field(1024, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    log_std: float = Field(-3.0, description="PPO's initial exploration log-std after the warm start (pre-tanh); "
-                           "-1.5 erased a fit's success (module docstring)")
+    log_std: float = Field(-3.0, description="PPO's initial exploration log-std after the warm start (pre-tanh): the "
+                           "widest tried; -1.5 erased a fit's success (module docstring)")
+    min_log_std: float = Field(-6.0, description="the narrowest log-std tried: while sampling loses over half of the "
+                               "fit's success the noise is narrowed by one (e**-1) down to this")
     seed: int = 0
 
 
@@ -95,6 +99,10 @@ class WarmStartReport(BaseModel):
     critic_loss: float | None
     start_success: float | None = None  # own success of the fit PPO starts from (its mean action)
     start_success_sampled: float | None = None  # the same fit sampling actions with PPO's initial log-std
+    start_log_std: float | None = None  # PPO's initial log-std: the widest tried that keeps half the fit's success
+    noise_checks: list[dict] = []  # every log-std tried, with the fit's success when sampling at it
+    start_learning_rate: float | None = None  # PPO's first adaptive learning rate (None: the run's fixed schedule)
+    fresh_success_sampled: float | None = None  # the policy PPO would start from without the warm start, sampled
 
 
 def _rollout_fn(trainer: PPOTrainer, env: Any, num_envs: int, steps: int) -> Callable:
@@ -221,13 +229,30 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
     # Like the base's DAgger, success is not monotone over rounds: PPO starts from the fit whose own rollouts
     # succeeded most, with the normaliser it was fitted under.
     best_success, best_params, normalizer = best
-    # PPO's first rollouts sample around the mean: measure what its initial noise leaves of the fit (a log-std
-    # that is too wide hands PPO near-zero success whatever the fit achieved), and fit the critic to the returns
-    # of those sampled rollouts, the policy PPO will actually run.
-    key, k_roll, k_fit = jax.random.split(key, 3)
-    out = jax.device_get(rollout(best_params, normalizer, k_roll, jnp.asarray(False), jnp.float32(np.exp(cfg.log_std))))
+    # What PPO would start from without the warm start (the fresh policy sampled at the run's initial noise), on the
+    # same train states: where it succeeds more than the fit, the fit is a worse start (`fresh_success_sampled`).
+    key, k_fresh = jax.random.split(key)
+    fresh = jax.device_get(rollout(ts.params, ts.normalizer, k_fresh, jnp.asarray(False),
+                                   jnp.float32(np.exp(trainer.cfg.init_log_std))))
     rollouts += 1
-    sampled_success = float(np.mean(out["success"]))
+    fresh_success = float(np.mean(fresh["success"]))
+    # PPO's first rollouts sample around the mean: measure what its initial noise leaves of the fit (a log-std
+    # that is too wide hands PPO near-zero success whatever the fit achieved: peg_insert's 2 mm clearance lost a
+    # 56% fit entirely at -3), narrowing the noise until half of it is kept, and fit the critic to the returns of
+    # those sampled rollouts, the policy PPO will actually run.
+    key, k_roll, k_fit = jax.random.split(key, 3)
+    checks: list[dict] = []
+    log_std = cfg.log_std
+    while True:
+        out = jax.device_get(rollout(best_params, normalizer, k_roll, jnp.asarray(False), jnp.float32(np.exp(log_std))))
+        rollouts += 1
+        sampled_success = float(np.mean(out["success"]))
+        checks.append({"log_std": log_std, "success": sampled_success})
+        if sampled_success >= 0.5 * best_success or log_std - 1.0 < cfg.min_log_std:
+            break
+        log(f"expert warm start: sampling at log-std {log_std} keeps {sampled_success:.1%} of the fit's "
+            f"{best_success:.1%}; narrowing PPO's initial noise to {log_std - 1.0}")
+        log_std -= 1.0
     returns = _discounted_returns(out["reward"] * trainer.cfg.reward_scaling, out["terminal"].astype(np.float32),
                                   trainer.cfg.gamma)
     alive = out["alive"].reshape(-1)
@@ -238,11 +263,24 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
     critic_ret[:n_alive] = returns.reshape(-1)[alive]
     critic, c_loss = fit_critic(params["critic"], normalizer, critic_obs, critic_ret, max(n_alive, 1), k_fit)
     log(f"expert warm start: PPO starts from the fit with {best_success:.1%} own success ({sampled_success:.1%} "
-        f"sampling with log-std {cfg.log_std}); critic fitted to the sampled returns (loss {float(c_loss):.4f})")
+        f"sampling with log-std {log_std}; without the warm start {fresh_success:.1%}); critic fitted to the sampled "
+        f"returns (loss {float(c_loss):.4f})")
     if sampled_success < 0.5 * best_success:
-        log(f"expert warm start (warning): exploration noise at log-std {cfg.log_std} loses over half of the fit's "
-            "success; a lower --warm-start-log-std keeps more of it")
-    params = {**best_params, "critic": critic, "log_std": jnp.full_like(params["log_std"], cfg.log_std)}
-    ts = ts.replace(params=params, normalizer=normalizer, opt_state=trainer.optimizer.init(params))
+        log(f"expert warm start (warning): exploration noise loses over half of the fit's success even at log-std "
+            f"{log_std} (the narrowest tried, WarmStartConfig.min_log_std)")
+    params = {**best_params, "critic": critic, "log_std": jnp.full_like(params["log_std"], log_std)}
+    opt_state = trainer.optimizer.init(params)
+    start_lr = None
+    if trainer.cfg.desired_kl is not None:
+        # Adam's first steps move the mean by about the learning rate whatever the gradient, and the KL grows as
+        # (step / std)^2: at the run's rate and log-std -5, PPO's first iteration measured approx KL 35.8 and lost the
+        # fit before the adaptive rule caught up. Start at the rate that keeps step / std as it is at init_log_std.
+        start_lr = float(np.clip(trainer.cfg.learning_rate * np.exp(log_std - trainer.cfg.init_log_std), 1e-6, 1e-2))
+        opt_state = with_learning_rate(opt_state, start_lr)
+        log(f"expert warm start: PPO's adaptive learning rate starts at {start_lr:.2g} (the run's "
+            f"{trainer.cfg.learning_rate:g} scaled by the noise, log-std {log_std} against {trainer.cfg.init_log_std})")
+    ts = ts.replace(params=params, normalizer=normalizer, opt_state=opt_state)
     return ts, WarmStartReport(env_steps=rollouts * cfg.num_envs * cfg.steps, rounds=reports, critic_loss=float(c_loss),
-                               start_success=best_success, start_success_sampled=sampled_success)
+                               start_success=best_success, start_success_sampled=sampled_success,
+                               fresh_success_sampled=fresh_success,
+                               start_log_std=log_std, noise_checks=checks, start_learning_rate=start_lr)

@@ -163,6 +163,14 @@ def _adapt_learning_rate(opt_state: Any, kl: jax.Array, desired_kl: float) -> An
     return (clip_state, adam_state._replace(hyperparams={**adam_state.hyperparams, "learning_rate": lr}))
 
 
+def with_learning_rate(opt_state: Any, learning_rate: float) -> Any:
+    """An adaptive-rate (`desired_kl`) optimizer state whose current learning rate is `learning_rate` (clamped to the
+    rule's [1e-6, 1e-2]); pure. Lets a warm start begin PPO at a rate that suits its narrow exploration noise."""
+    clip_state, adam_state = opt_state
+    lr = jnp.clip(jnp.asarray(learning_rate, adam_state.hyperparams["learning_rate"].dtype), 1e-6, 1e-2)
+    return (clip_state, adam_state._replace(hyperparams={**adam_state.hyperparams, "learning_rate": lr}))
+
+
 def _step_keep_final_obs(env: Env, state: State, action: jax.Array) -> tuple[State, jax.Array]:
     """`env.step`, also returning the observation before auto-reset (`ResamplingAutoResetWrapper`)."""
     if hasattr(env, "step_with_final_obs"):

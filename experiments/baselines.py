@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments.policy_training import (MetricsSink, start_policy, starts_description, train_policy, training_env,
-                                        warm_start_record)
+from experiments.policy_training import (MetricsSink, has_checkpoint, start_policy, starts_description, train_policy,
+                                        training_env, warm_start_record)
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -349,7 +349,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
             train_states=len(train_bank), steps=int(config["episode_length"]),
             log_std=float(config["warm_start_log_std"]), seed=int(config["seed"]), min_teacher=0.0, fallback=False,
             log=log, reports=warm_reports, name=name, report_path=out / "warm_start" / f"{name}.json",
-            resuming=bool(args.resume) and ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()),
+            resuming=bool(args.resume) and has_checkpoint(ckpt_dir),
             follow=json.loads(run_report.read_text()) if run_report.exists() else {})
         ts, record["curves"][name] = train_policy(name, f"{args.method}/{name}", trainer, policy_cfg, console=console,
                                                   sink=sink, checkpoint_dir=ckpt_dir, resume=args.resume,

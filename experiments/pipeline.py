@@ -14,8 +14,8 @@ from rich.console import Console
 from tensorboardX import SummaryWriter
 
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
-from experiments.policy_training import (MetricsSink, start_policy, starts_description, train_policy, training_env,
-                                        warm_start_record)
+from experiments.policy_training import (MetricsSink, has_checkpoint, start_policy, starts_description, train_policy,
+                                        training_env, warm_start_record)
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures import expert_paths
@@ -190,7 +190,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
             plain_cfg=ppo_cfg.model_copy(update=unwarmed), train_states=len(train_bank), steps=args.episode_length,
             log_std=float(args.warm_start_log_std), seed=args.seed, min_teacher=min_teacher, fallback=fallback, log=log,
             reports=warm_reports, name=name, report_path=run_dir / "warm_start" / f"{name}.json",
-            resuming=bool(args.resume) and ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()))
+            resuming=bool(args.resume) and has_checkpoint(ckpt_dir))
         ts, curve = train_policy(name, name, trainer, policy_cfg, console=console, sink=sink,
                                  checkpoint_dir=ckpt_dir, resume=args.resume,
                                  disable_progress=jax.process_index() != 0, warm_start=warm)

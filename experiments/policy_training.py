@@ -35,6 +35,11 @@ def starts_description(train_states: int, starts: int) -> str:
     return f"{train_states} failure states{extra}"
 
 
+def has_checkpoint(directory: Path) -> bool:
+    """Whether a policy's checkpoint directory holds a saved step (orbax names them by step): what `--resume` continues."""
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def warm_start_gate(env: Any, train_states: int, *, steps: int, seed: int, min_teacher: float, log: Any,
                     reports: dict, name: str, report_path: Path) -> tuple[bool, dict]:
     """Whether `train --expert-warm-start` warm-starts this policy, and what the check measured (for its report).

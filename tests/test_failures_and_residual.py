@@ -385,7 +385,13 @@ def test_start_policy_drops_a_weak_fit_and_a_baseline_follows_the_runs_decisions
     config under `fallback`; a kept fit hands
     PPO its warm-started state; a resumed run and a baseline take the recorded decisions without measuring or fitting."""
     import recovla_jax.training.expert_warm_start as ews
-    from experiments.policy_training import start_policy
+    from experiments.policy_training import has_checkpoint, start_policy
+
+    assert not has_checkpoint(tmp_path / "ckpt")  # what `--resume` would continue from
+    (tmp_path / "ckpt" / "tmp").mkdir(parents=True)
+    assert not has_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "12").mkdir()
+    assert has_checkpoint(tmp_path / "ckpt")
     from recovla_jax.training.expert_warm_start import WarmStartReport
 
     class Trainer:

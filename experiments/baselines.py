@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from experiments.policy_training import (MetricsSink, has_checkpoint, start_policy, starts_description, train_policy,
-                                        training_env, warm_start_record)
+from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_config, start_policy, starts_description,
+                                        train_policy, training_env, warm_start_record)
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -307,7 +307,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     # The run's exploration noise unless overridden (load_run fills the main job's default into older runs).
     ppo_kw["init_log_std"] = float(args.init_log_std if args.init_log_std is not None else config["init_log_std"])
     ppo_cfg = PPOConfig(**ppo_kw)
-    unwarmed = config.get("ppo_without_warm_start") or {"desired_kl": None, "freeze_normalizer": False}
+    plain_cfg = plain_ppo_config(ppo_cfg, config.get("ppo_without_warm_start"))
 
     def make_trainer(batched: Any) -> Callable[[Any], Any]:
         if finetune:
@@ -345,7 +345,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
         run_report = run / "warm_start" / f"{name}.json"
         # Warm-started exactly where the run's policy was (the run's gate and fit check decide, not the baseline's).
         trainer, policy_cfg, warm = start_policy(
-            warm_rounds, make_trainer(batched), env, warm_cfg=ppo_cfg, plain_cfg=ppo_cfg.model_copy(update=unwarmed),
+            warm_rounds, make_trainer(batched), env, warm_cfg=ppo_cfg, plain_cfg=plain_cfg,
             train_states=len(train_bank), steps=int(config["episode_length"]),
             log_std=float(config["warm_start_log_std"]), seed=int(config["seed"]), min_teacher=0.0, fallback=False,
             log=log, reports=warm_reports, name=name, report_path=out / "warm_start" / f"{name}.json",

@@ -14,8 +14,8 @@ from rich.console import Console
 from tensorboardX import SummaryWriter
 
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
-from experiments.policy_training import (MetricsSink, has_checkpoint, start_policy, starts_description, train_policy,
-                                        training_env, warm_start_record)
+from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_config, start_policy, starts_description,
+                                        train_policy, training_env, warm_start_record)
 from recovla_jax.evaluation.recovery import RecoveryEvaluator
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures import expert_paths
@@ -165,8 +165,6 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     warm_reports: dict = {}
     min_teacher = float(getattr(args, "warm_start_min_teacher", 0.0) or 0.0)
     fallback = bool(getattr(args, "warm_start_fallback", False))
-    # a policy the gate leaves to plain PPO trains as it would without --expert-warm-start
-    unwarmed = getattr(args, "ppo_without_warm_start", None) or {"desired_kl": None, "freeze_normalizer": False}
     if warm_rounds:
         log(f"--expert-warm-start: each policy first imitates the scripted expert's corrections ({warm_rounds} DAgger "
             "rounds on its train starts), then PPO trains it as usual"
@@ -187,7 +185,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
             f"({ppo_cfg.num_iterations} iterations; the first compiles the training step)")
         trainer, policy_cfg, warm = start_policy(
             warm_rounds, lambda cfg: PPOTrainer(batched, cfg, mesh=mesh), env, warm_cfg=ppo_cfg,
-            plain_cfg=ppo_cfg.model_copy(update=unwarmed), train_states=len(train_bank), steps=args.episode_length,
+            plain_cfg=plain_ppo_config(ppo_cfg, getattr(args, "ppo_without_warm_start", None)),
+            train_states=len(train_bank), steps=args.episode_length,
             log_std=float(args.warm_start_log_std), seed=args.seed, min_teacher=min_teacher, fallback=fallback, log=log,
             reports=warm_reports, name=name, report_path=run_dir / "warm_start" / f"{name}.json",
             resuming=bool(args.resume) and has_checkpoint(ckpt_dir))

@@ -35,6 +35,13 @@ def starts_description(train_states: int, starts: int) -> str:
     return f"{train_states} failure states{extra}"
 
 
+def plain_ppo_config(ppo_cfg: Any, recorded: dict | None) -> Any:
+    """The PPO config of a policy that trains without the warm start: `recorded` (config.json's `ppo_without_warm_start`:
+    the --desired-kl / --freeze-normalizer given, else their defaults without --expert-warm-start), or those defaults
+    for runs older than the record."""
+    return ppo_cfg.model_copy(update=recorded or {"desired_kl": None, "freeze_normalizer": False})
+
+
 def has_checkpoint(directory: Path) -> bool:
     """Whether a policy's checkpoint directory holds a saved step (orbax names them by step): what `--resume` continues."""
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())

@@ -275,8 +275,8 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
         # Adam's first steps move the mean by about the learning rate whatever the gradient, and the KL grows as
         # (step / std)^2: at the run's rate and log-std -5, PPO's first iteration measured approx KL 35.8 and lost the
         # fit before the adaptive rule caught up. Start at the rate that keeps step / std as it is at init_log_std.
-        start_lr = float(np.clip(trainer.cfg.learning_rate * np.exp(log_std - trainer.cfg.init_log_std), 1e-6, 1e-2))
-        opt_state = with_learning_rate(opt_state, start_lr)
+        opt_state = with_learning_rate(opt_state, trainer.cfg.learning_rate * np.exp(log_std - trainer.cfg.init_log_std))
+        start_lr = float(opt_state[1].hyperparams["learning_rate"])
         log(f"expert warm start: PPO's adaptive learning rate starts at {start_lr:.2g} (the run's "
             f"{trainer.cfg.learning_rate:g} scaled by the noise, log-std {log_std} against {trainer.cfg.init_log_std})")
     ts = ts.replace(params=params, normalizer=normalizer, opt_state=opt_state)

@@ -154,21 +154,23 @@ def _gaussian_log_prob(x: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax
     return jnp.sum(-0.5 * z * z - log_std - 0.5 * _LOG_2PI, axis=-1)
 
 
+# The adaptive rule's bounds on the learning rate (module docstring).
+ADAPTIVE_LR_BOUNDS = (1e-6, 1e-2)
+
+
+def with_learning_rate(opt_state: Any, learning_rate: float | jax.Array) -> Any:
+    """An adaptive-rate (`desired_kl`) optimizer state whose current learning rate is `learning_rate`, clamped to
+    `ADAPTIVE_LR_BOUNDS`; pure. The adaptive rule sets it every minibatch; a warm start sets PPO's first rate with it."""
+    clip_state, adam_state = opt_state
+    lr = jnp.clip(jnp.asarray(learning_rate, adam_state.hyperparams["learning_rate"].dtype), *ADAPTIVE_LR_BOUNDS)
+    return (clip_state, adam_state._replace(hyperparams={**adam_state.hyperparams, "learning_rate": lr}))
+
+
 def _adapt_learning_rate(opt_state: Any, kl: jax.Array, desired_kl: float) -> Any:
     """The optimizer state with its learning rate adapted to the measured KL (module docstring); pure."""
-    clip_state, adam_state = opt_state
-    lr = adam_state.hyperparams["learning_rate"]
-    lr = jnp.where(kl > 2.0 * desired_kl, lr / 1.5, jnp.where(kl < 0.5 * desired_kl, lr * 1.5, lr))
-    lr = jnp.clip(lr, 1e-6, 1e-2)
-    return (clip_state, adam_state._replace(hyperparams={**adam_state.hyperparams, "learning_rate": lr}))
-
-
-def with_learning_rate(opt_state: Any, learning_rate: float) -> Any:
-    """An adaptive-rate (`desired_kl`) optimizer state whose current learning rate is `learning_rate` (clamped to the
-    rule's [1e-6, 1e-2]); pure. Lets a warm start begin PPO at a rate that suits its narrow exploration noise."""
-    clip_state, adam_state = opt_state
-    lr = jnp.clip(jnp.asarray(learning_rate, adam_state.hyperparams["learning_rate"].dtype), 1e-6, 1e-2)
-    return (clip_state, adam_state._replace(hyperparams={**adam_state.hyperparams, "learning_rate": lr}))
+    lr = opt_state[1].hyperparams["learning_rate"]
+    return with_learning_rate(opt_state, jnp.where(kl > 2.0 * desired_kl, lr / 1.5,
+                                                   jnp.where(kl < 0.5 * desired_kl, lr * 1.5, lr)))
 
 
 def _step_keep_final_obs(env: Env, state: State, action: jax.Array) -> tuple[State, jax.Array]:

@@ -217,7 +217,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     import numpy as np
     from rich.console import Console
 
-    from recovla_jax.evaluation.recovery import RecoveryEvaluator
+    from recovla_jax.evaluation.recovery import RecoveryEvaluator, heldout_state_ids
     from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.failures.bank import FailureBank
     from recovla_jax.sim.randomization import DomainRandomization
@@ -367,7 +367,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     held = _merge([bank.select(m, "heldout") for m in usable])
     dr = DomainRandomization() if cond["domain_randomization"] else None
     ev = RecoveryEvaluator(make_env(held, float(cond["start_jitter_m"])), apply, int(cond["episode_length"]),
-                           seed=int(cond["seed"]), randomization=dr)
+                           seed=int(cond["seed"]), randomization=dr, state_ids=heldout_state_ids(bank, usable, cond))
     log(f"evaluating on {len(held)} held-out failure states (seed {cond['seed']}; the first call compiles)")
     record["base_matches_run"] = {}
     for m in usable:

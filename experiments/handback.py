@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 
     from experiments.baselines import _fmt, _merge, eval_conditions, load_run, run_residual_env
-    from recovla_jax.evaluation.recovery import RecoveryEvaluator
+    from recovla_jax.evaluation.recovery import RecoveryEvaluator, heldout_state_ids
     from recovla_jax.evaluation.run_policies import load_run_policies
     from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.failures.bank import FailureBank
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     evaluators = {}
     for protocol, hand_back in (("whole_episode", False), ("hand_back", True)):
         env = run_residual_env(task, base, held, pol, cond, hand_back=hand_back, hand_back_delay=delay if hand_back else 0)
-        evaluators[protocol] = RecoveryEvaluator(env, pol.apply, int(cond["episode_length"]), seed=int(cond["seed"]), randomization=dr)
+        evaluators[protocol] = RecoveryEvaluator(env, pol.apply, int(cond["episode_length"]), seed=int(cond["seed"]),
+                                                 randomization=dr, state_ids=heldout_state_ids(bank, modes, cond))
     console.print(f"[bold]{task.name}[/]: {len(held)} held-out states, seed {cond['seed']}; each protocol compiles once")
     for m in modes:
         idx = np.flatnonzero(held.arrays["mode"] == task.failure_modes.index(m))[: args.states]

@@ -16,7 +16,7 @@ from tensorboardX import SummaryWriter
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
 from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_config, start_policy, starts_description,
                                         train_policy, training_env, warm_start_record)
-from recovla_jax.evaluation.recovery import RecoveryEvaluator
+from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, heldout_state_ids
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures import expert_paths
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
@@ -205,7 +205,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                            obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
                            hand_back_delay=delay)
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all)
-    evaluator = RecoveryEvaluator(eval_env, apply, args.episode_length, seed=10_000 + args.seed, randomization=eval_random)
+    evaluator = RecoveryEvaluator(eval_env, apply, args.episode_length, seed=10_000 + args.seed, randomization=eval_random,
+                                  state_ids=heldout_state_ids(bank, usable))
     log(f"evaluating on {len(held)} held-out failure states (base alone and ReCoVLA; the first call compiles)")
     for m in usable:
         idx = np.flatnonzero(held.arrays["mode"] == task.failure_modes.index(m))
@@ -223,7 +224,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
                                   "domain_randomization": eval_random is not None, "obs_noise": args.obs_noise,
                                   "latency_prob": args.latency_prob, "start_jitter_m": eval_env.start_noise,
                                   "hand_back": hand_back, "hand_back_delay": delay,
-                                  "seed": 10_000 + args.seed}
+                                  "seed": 10_000 + args.seed, "state_keys": STATE_KEYS}
     if paths is not None:
         results["expert_path_starts"] = {"fraction": path_fraction, "stride": path_stride, "path_states": len(paths),
                                          "expert_on_train_states": paths.meta.get("expert", {})}

@@ -127,7 +127,7 @@ def start_policy(rounds: int, make_trainer: Callable[[Any], Any], env: Any, *, w
 
     trainer = make_trainer(warm_cfg)
     cfg = WarmStartConfig(rounds=rounds, num_envs=max(512, min(warm_cfg.num_envs, 1024)), steps=steps, log_std=log_std,
-                          seed=seed)
+                          compare_fresh=fallback and follow is None, seed=seed)
     ts, report = warm_start(trainer, trainer.init(jax.random.PRNGKey(warm_cfg.seed)), env, cfg, log=log)
     reports[name] = {**report.model_dump(), **teacher,
                      "env_steps": report.env_steps + int(teacher.get("teacher_env_steps", 0))}

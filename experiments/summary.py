@@ -45,7 +45,9 @@ def _conditions(c: dict | None) -> str:
     return (f"Each held-out state is started once, {c['episode_length']} control steps, "
             f"{'per-state randomized dynamics' if c['domain_randomization'] else 'nominal dynamics'}, "
             f"observation noise {c['obs_noise']:g}, action latency in {c['latency_prob']:.0%} of episodes, "
-            f"gripper jitter {1000 * c['start_jitter_m']:g} mm (seed {c['seed']}); base alone = same episodes with a zero residual.")
+            f"gripper jitter {1000 * c['start_jitter_m']:g} mm (seed {c['seed']}"
+            f"{', drawn per bank row' if c.get('state_keys') == 'bank_row' else ', drawn by position in the held-out set'}); "
+            "base alone = same episodes with a zero residual.")
 
 
 def _protocol_lines(results: dict) -> list[str]:

@@ -404,7 +404,7 @@ def test_start_policy_drops_a_weak_fit_and_a_baseline_follows_the_runs_decisions
     fits = iter([(0.2, 0.9), (0.15, 0.05)])  # (the fit sampled, the fresh policy sampled)
 
     def fake_warm_start(trainer, ts, env, cfg, log=print):
-        assert ts == "fresh" and trainer.cfg.desired_kl == 0.01 and cfg.rounds == 3
+        assert ts == "fresh" and trainer.cfg.desired_kl == 0.01 and cfg.rounds == 3 and cfg.compare_fresh
         fit, fresh = next(fits)
         return "warm", WarmStartReport(env_steps=50, rounds=[], critic_loss=0.0, start_success=0.9,
                                        start_success_sampled=fit, fresh_success_sampled=fresh)
@@ -439,9 +439,12 @@ def test_start_policy_drops_a_weak_fit_and_a_baseline_follows_the_runs_decisions
     out = tmp_path / "baseline"
     assert start("weak", report_path=out / "weak.json", follow=run_reports["weak"])[1] is plain_cfg
     assert reports["weak"]["decided_by"] == "the run's warm start" and reports["weak"]["env_steps"] == 0
-    monkeypatch.setattr(ews, "warm_start", lambda trainer, ts, env, cfg, log=print: (
-        "warm", WarmStartReport(env_steps=50, rounds=[], critic_loss=0.0, start_success=0.1, start_success_sampled=0.0,
-                                fresh_success_sampled=0.5)))
+    def baseline_warm_start(trainer, ts, env, cfg, log=print):
+        assert not cfg.compare_fresh  # a baseline follows the run's decision: the fresh policy is not rolled out
+        return "warm", WarmStartReport(env_steps=50, rounds=[], critic_loss=0.0, start_success=0.1,
+                                       start_success_sampled=0.0, fresh_success_sampled=None)
+
+    monkeypatch.setattr(ews, "warm_start", baseline_warm_start)
     assert start("kept", report_path=out / "kept.json", follow=run_reports["kept"], fallback=False)[1] is warm_cfg
     assert start("new", report_path=out / "new.json", follow={}, fallback=False)[1] is warm_cfg  # an older run: warm
 
@@ -461,18 +464,52 @@ def test_expert_warm_start_narrows_exploration_noise_that_erases_the_fit(drawer_
                     critic_hidden=(32, 32), desired_kl=0.01)
     trainer = PPOTrainer(wrap_batched(env, 8, steps), cfg)
     ws = WarmStartConfig(rounds=1, num_envs=16, steps=steps, fit_steps=300, batch_size=256, learning_rate=3e-3,
-                         log_std=1.0, min_log_std=-3.0)
+                         log_std=1.0, min_log_std=-3.0, compare_fresh=False)
     lines: list[str] = []
     ts, report = warm_start(trainer, trainer.init(jax.random.PRNGKey(0)), env, ws, log=lines.append)
     checks = report.noise_checks
+    assert report.fresh_success_sampled is None and not any("without the warm start" in line for line in lines)
     assert report.start_success >= 0.5, report  # the fit works with its mean action
     assert checks[0]["log_std"] == 1.0 and checks[0]["success"] < 0.5 * report.start_success
     assert len(checks) >= 2 and checks[-1]["success"] >= 0.5 * report.start_success
     assert report.start_log_std == checks[-1]["log_std"] >= -3.0
     np.testing.assert_allclose(ts.params["log_std"], report.start_log_std)
-    assert report.env_steps == (3 + len(checks)) * 16 * steps
+    assert report.env_steps == (2 + len(checks)) * 16 * steps  # no fresh-policy rollout: compare_fresh=False
     assert any("narrowing PPO's initial noise to 0.0" in line for line in lines)
     # PPO's adaptive learning rate starts scaled to the narrower noise (the rate over the std as at init_log_std)
     expected = cfg.learning_rate * np.exp(report.start_log_std - cfg.init_log_std)
     assert report.start_learning_rate == pytest.approx(expected)
     assert float(ts.opt_state[1].hyperparams["learning_rate"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_recovery_evaluator_keys_each_state_by_its_bank_row(drawer_task, drawer_env, drawer_base_policy):
+    """Keyed by bank row, a held-out state gets the same dynamics draw and episode key whichever other modes'
+    states its env holds (one-mode and all-mode runs evaluate it alike); keyed by position it does not."""
+    from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, heldout_state_ids
+    from recovla_jax.sim.randomization import RANDOMIZED_FIELDS, DomainRandomization
+
+    bank = _bank_from_resets(drawer_task, drawer_env, n=12)
+    weights = np.zeros((3, len(component_names(drawer_task))), np.float32)
+    modes, one = list(drawer_task.failure_modes), drawer_task.failure_modes[2]
+
+    def evaluator(mode_list, keyed):
+        held = bank.select(split="heldout")
+        held = FailureBank(bank.task, bank.modes, bank.stages,
+                           {k: np.concatenate([bank.select(m, "heldout").arrays[k] for m in mode_list]) for k in held.arrays})
+        env = ResidualEnv(drawer_task, drawer_base_policy, held, weights)
+        ids = heldout_state_ids(bank, mode_list, {"state_keys": STATE_KEYS}) if keyed else None
+        return RecoveryEvaluator(env, lambda p, obs: obs[..., :7] * 0, num_steps=5, seed=3,
+                                 randomization=DomainRandomization(), state_ids=ids)
+
+    n_one = len(bank.rows(one, "heldout"))
+    in_all = np.arange(len(bank.rows(split="heldout")) - n_one, len(bank.rows(split="heldout")))  # the last mode's block
+    for keyed, same in ((True, True), (False, False)):
+        every, alone = evaluator(modes, keyed), evaluator([one], keyed)
+        keys_match = np.array_equal(every.start_keys(jnp.asarray(in_all)), alone.start_keys(jnp.arange(n_one)))
+        models_match = all(np.array_equal(np.asarray(getattr(every.models, f))[in_all], np.asarray(getattr(alone.models, f)))
+                           for f in RANDOMIZED_FIELDS)
+        assert keys_match == same and models_match == same, (keyed, keys_match, models_match)
+    assert heldout_state_ids(bank, modes, {"seed": 10_000}) is None  # a run evaluated before per-state keys
+    with pytest.raises(ValueError, match="one id per start"):
+        RecoveryEvaluator(ResidualEnv(drawer_task, drawer_base_policy, bank, weights), lambda p, o: o, 5, 0, None,
+                          state_ids=np.arange(3))

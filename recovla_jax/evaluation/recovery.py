@@ -4,6 +4,11 @@ Each held-out state is started once (gripper jittered by the env's start noise) 
 domain-randomized model drawn with a seed disjoint from training's. The base-alone arm is the same
 program with a zero residual, so the only difference between arms is the residual policy.
 
+A state's draws (model and start jitter) are keyed by `state_ids`, its row in the failure bank, so a state
+is evaluated under the same conditions whichever other states (modes) the env holds: keyed by position in
+the env instead (`state_ids=None`, every run before session 17), peg_insert's jammed_halfway cell measured
+the base alone at 8.8% in a three-mode run and 16.2% in a one-mode run on the same states.
+
 One compiled program serves every failure mode and both arms: the env holds all held-out states, the
 policy's parameters are an argument (not a constant baked into the program), and each call evaluates
 a fixed-size block of start indices (padding is discarded). On CPU this turns six one-minute compiles
@@ -12,6 +17,7 @@ into one.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -20,27 +26,53 @@ import numpy as np
 
 from recovla_jax.evaluation.rollout import run_until_success
 from recovla_jax.evaluation.stats import wilson
-from recovla_jax.sim.randomization import RANDOMIZED_FIELDS, DomainRandomization, batched_models
+from recovla_jax.sim.randomization import RANDOMIZED_FIELDS, DomainRandomization, batched_models, randomize_model
 from recovla_jax.sim.wrappers import using_model
 from recovla_jax.training.residual_env import ResidualEnv
 
 # policy_apply(params, obs) -> raw residual (before tanh); params=None means "base alone".
 PolicyApply = Callable[[Any, jnp.ndarray], jnp.ndarray]
+# A run's `eval_conditions["state_keys"]` when its evaluation keyed each state by its bank row.
+STATE_KEYS = "bank_row"
+
+
+def heldout_state_ids(bank: Any, modes: list[str], conditions: dict | None = None) -> np.ndarray | None:
+    """The bank rows of `modes`' held-out states, mode by mode as their merged env holds them: `RecoveryEvaluator`'s
+    `state_ids`. None (keys by position) where `conditions`, a run's recorded eval_conditions, predate per-state
+    keys, so an older run's cells are re-evaluated under the draws they were measured with."""
+    if conditions is not None and conditions.get("state_keys") != STATE_KEYS:
+        return None
+    return np.concatenate([bank.rows(m, "heldout") for m in modes])
+
+
+@partial(jax.jit, static_argnames="randomization")
+def _fields_by_id(sys: Any, key: jax.Array, ids: jnp.ndarray, randomization: DomainRandomization) -> dict:
+    """The randomized model fields of each state, drawn from `key` folded with the state's id."""
+    def draw(i):
+        model = randomize_model(sys, jax.random.fold_in(key, i), randomization)
+        return {f: getattr(model, f) for f in RANDOMIZED_FIELDS}
+
+    return jax.vmap(draw)(ids)
 
 
 class RecoveryEvaluator:
     """Success of (base + residual) from chosen start states of `env`, one compiled program for all calls."""
 
     def __init__(self, env: ResidualEnv, policy_apply: PolicyApply, num_steps: int, seed: int,
-                 randomization: DomainRandomization | None, block: int = 64):
+                 randomization: DomainRandomization | None, block: int = 64, state_ids: np.ndarray | None = None):
         self.env, self.num_steps, self.block = env, num_steps, block
         n = env.num_starts
+        if state_ids is not None and np.shape(state_ids) != (n,):
+            raise ValueError(f"state_ids must hold one id per start of the env ({n}), got shape {np.shape(state_ids)}")
+        self.state_ids = None if state_ids is None else jnp.asarray(state_ids, jnp.int32)
         k_models, self.k_starts = jax.random.split(jax.random.PRNGKey(seed))
         # One randomized model per *start state*, so both arms (and any policy) see the same dynamics.
-        if randomization is not None:
-            self.models, self.in_axes = batched_models(env.sys, k_models, n, randomization)
-        else:
+        if randomization is None:
             self.models, self.in_axes = None, None
+        else:
+            self.models, self.in_axes = batched_models(env.sys, k_models, n, randomization)
+            if self.state_ids is not None:
+                self.models = self.models.tree_replace(_fields_by_id(env.sys, k_models, self.state_ids, randomization))
 
         def one(model, index, key, params, use_residual):
             with using_model(env, model) as e:
@@ -48,13 +80,18 @@ class RecoveryEvaluator:
                 return run_until_success(e, state, lambda obs: policy_apply(params, obs) * use_residual, num_steps)
 
         def run(params, indices, use_residual):
-            keys = jax.vmap(lambda i: jax.random.fold_in(self.k_starts, i))(indices)
+            keys = self.start_keys(indices)
             if self.models is None:
                 return jax.vmap(lambda i, k: one(env.sys, i, k, params, use_residual))(indices, keys)
             models = self.models.tree_replace({f: getattr(self.models, f)[indices] for f in RANDOMIZED_FIELDS})
             return jax.vmap(one, in_axes=(self.in_axes, 0, 0, None, None))(models, indices, keys, params, use_residual)
 
         self._run = jax.jit(run)
+
+    def start_keys(self, indices: jnp.ndarray) -> jax.Array:
+        """Each start's episode key (start jitter, observation noise, latency), by its state id or position."""
+        ids = indices if self.state_ids is None else self.state_ids[indices]
+        return jax.vmap(lambda i: jax.random.fold_in(self.k_starts, i))(ids)
 
     def outcomes(self, params: Any, indices: np.ndarray, use_residual: bool = True) -> np.ndarray:
         """Per start index: did the episode reach success? `use_residual=False` runs the base policy alone

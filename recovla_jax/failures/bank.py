@@ -60,12 +60,18 @@ class FailureBank:
     def __len__(self) -> int:
         return int(self.arrays["mode"].shape[0])
 
-    def select(self, mode: str | None = None, split: str | None = None) -> "FailureBank":
+    def rows(self, mode: str | None = None, split: str | None = None) -> np.ndarray:
+        """Row indices (ascending) of the states of `mode` in `split`: a state's stable id in this bank, which keys
+        its evaluation draws (`RecoveryEvaluator(state_ids=...)`)."""
         keep = np.ones(len(self), bool)
         if mode is not None:
             keep &= self.arrays["mode"] == self.modes.index(mode)
         if split is not None:
             keep &= self.arrays["split"] == {"train": 0, "heldout": 1}[split]
+        return np.flatnonzero(keep)
+
+    def select(self, mode: str | None = None, split: str | None = None) -> "FailureBank":
+        keep = self.rows(mode, split)
         return FailureBank(self.task, self.modes, self.stages, {k: v[keep] for k, v in self.arrays.items()}, self.meta)
 
     def counts(self) -> dict:

@@ -80,6 +80,8 @@ class WarmStartConfig(BaseModel):
                            "widest tried; -1.5 erased a fit's success (module docstring)")
     min_log_std: float = Field(-6.0, description="the narrowest log-std tried: while sampling loses over half of the "
                                "fit's success the noise is narrowed by one (e**-1) down to this")
+    compare_fresh: bool = Field(True, description="also roll out the fresh policy PPO would otherwise start from "
+                                "(`fresh_success_sampled`, for `train --warm-start-fallback`)")
     seed: int = 0
 
 
@@ -232,10 +234,12 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
     # What PPO would start from without the warm start (the fresh policy sampled at the run's initial noise), on the
     # same train states: where it succeeds more than the fit, the fit is a worse start (`fresh_success_sampled`).
     key, k_fresh = jax.random.split(key)
-    fresh = jax.device_get(rollout(ts.params, ts.normalizer, k_fresh, jnp.asarray(False),
-                                   jnp.float32(np.exp(trainer.cfg.init_log_std))))
-    rollouts += 1
-    fresh_success = float(np.mean(fresh["success"]))
+    fresh_success = None
+    if cfg.compare_fresh:
+        fresh = jax.device_get(rollout(ts.params, ts.normalizer, k_fresh, jnp.asarray(False),
+                                       jnp.float32(np.exp(trainer.cfg.init_log_std))))
+        rollouts += 1
+        fresh_success = float(np.mean(fresh["success"]))
     # PPO's first rollouts sample around the mean: measure what its initial noise leaves of the fit (a log-std
     # that is too wide hands PPO near-zero success whatever the fit achieved: peg_insert's 2 mm clearance lost a
     # 56% fit entirely at -3), narrowing the noise until half of it is kept, and fit the critic to the returns of
@@ -262,9 +266,9 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
     critic_obs[:n_alive] = out["obs"].reshape(-1, trainer.obs_size)[alive]
     critic_ret[:n_alive] = returns.reshape(-1)[alive]
     critic, c_loss = fit_critic(params["critic"], normalizer, critic_obs, critic_ret, max(n_alive, 1), k_fit)
+    fresh_note = "" if fresh_success is None else f"; without the warm start {fresh_success:.1%}"
     log(f"expert warm start: PPO starts from the fit with {best_success:.1%} own success ({sampled_success:.1%} "
-        f"sampling with log-std {log_std}; without the warm start {fresh_success:.1%}); critic fitted to the sampled "
-        f"returns (loss {float(c_loss):.4f})")
+        f"sampling with log-std {log_std}{fresh_note}); critic fitted to the sampled returns (loss {float(c_loss):.4f})")
     if sampled_success < 0.5 * best_success:
         log(f"expert warm start (warning): exploration noise loses over half of the fit's success even at log-std "
             f"{log_std} (the narrowest tried, WarmStartConfig.min_log_std)")

@@ -71,7 +71,7 @@ class RecoveryEvaluator:
             self.models, self.in_axes = None, None
         else:
             self.models, self.in_axes = batched_models(env.sys, k_models, n, randomization)
-            if self.state_ids is not None:
+            if self.state_ids is not None:  # keep batched_models' layout (in_axes); redraw each state by its id
                 self.models = self.models.tree_replace(_fields_by_id(env.sys, k_models, self.state_ids, randomization))
 
         def one(model, index, key, params, use_residual):

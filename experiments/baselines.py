@@ -129,16 +129,6 @@ def run_residual_env(task, base, bank, pol, cond: dict, **overrides):
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _merge(banks):
-    import numpy as np
-
-    from recovla_jax.failures.bank import FailureBank
-
-    first = banks[0]
-    arrays = {k: np.concatenate([b.arrays[k] for b in banks]) for k in first.arrays}
-    return FailureBank(first.task, first.modes, first.stages, arrays, first.meta)
-
-
 def _fmt(r: dict | None) -> str:
     if not r:
         return "n/a"
@@ -217,7 +207,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     import numpy as np
     from rich.console import Console
 
-    from recovla_jax.evaluation.recovery import RecoveryEvaluator, heldout_state_ids
+    from recovla_jax.evaluation.recovery import RecoveryEvaluator, evaluation_keys
     from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.failures.bank import FailureBank
     from recovla_jax.sim.randomization import DomainRandomization
@@ -288,7 +278,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     paths = None
     if path_fraction > 0:
         stride = int(config.get("expert_path_stride") or 10)
-        paths = expert_paths.load_or_build(run / "expert_paths", task, _merge([bank.select(m) for m in usable]),
+        paths = expert_paths.load_or_build(run / "expert_paths", task, bank.take(bank.rows_of(usable)),
                                            int(config["episode_length"]), stride, log=log)
         record["expert_path_starts"] = {"fraction": path_fraction, "stride": stride, "path_states": len(paths)}
 
@@ -309,12 +299,13 @@ def run_baseline(args: argparse.Namespace) -> dict:
     ppo_cfg = PPOConfig(**ppo_kw)
     plain_cfg = plain_ppo_config(ppo_cfg, config.get("ppo_without_warm_start"))
 
+    mesh = make_mesh() if jax.device_count() > 1 else None
+
     def make_trainer(batched: Any) -> Callable[[Any], Any]:
         if finetune:
             return lambda cfg: FinetunePPOTrainer(batched, cfg, base, mesh=mesh)
         return lambda cfg: PPOTrainer(batched, cfg, mesh=mesh)
 
-    mesh = make_mesh() if jax.device_count() > 1 else None
     randomization = None if config.get("no_randomization") else DomainRandomization()
     groups = {m: [m] for m in usable} if budget["policy"] == "per-mode" else {"conditioned": usable}
     steps_per_policy = ppo_cfg.num_iterations * ppo_cfg.batch_size
@@ -334,7 +325,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     sink = MetricsSink(writer, out / "metrics.jsonl")
     params_by_group, trainer = {}, None
     for name, modes in groups.items():
-        train_bank = _merge([bank.select(m, "train") for m in modes])
+        train_bank = bank.take(bank.rows_of(modes, "train"))
         starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
         env = make_env(starts, start_weights=start_weights)
         batched = training_env(env, ppo_cfg.num_envs, int(config["episode_length"]),
@@ -364,10 +355,11 @@ def run_baseline(args: argparse.Namespace) -> dict:
     group_of = {m: g for g, ms in groups.items() for m in ms}
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all groups)
 
-    held = _merge([bank.select(m, "heldout") for m in usable])
+    held_rows = bank.rows_of(usable, "heldout")
+    held = bank.take(held_rows)
     dr = DomainRandomization() if cond["domain_randomization"] else None
     ev = RecoveryEvaluator(make_env(held, float(cond["start_jitter_m"])), apply, int(cond["episode_length"]),
-                           seed=int(cond["seed"]), randomization=dr, state_ids=heldout_state_ids(bank, usable, cond))
+                           seed=int(cond["seed"]), randomization=dr, state_ids=evaluation_keys(held_rows, cond))
     log(f"evaluating on {len(held)} held-out failure states (seed {cond['seed']}; the first call compiles)")
     record["base_matches_run"] = {}
     for m in usable:

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     from rich.console import Console
 
-    from experiments.baselines import _fmt, _merge, eval_conditions, load_run, run_residual_env
-    from recovla_jax.evaluation.recovery import RecoveryEvaluator, heldout_state_ids
+    from experiments.baselines import _fmt, eval_conditions, load_run, run_residual_env
+    from recovla_jax.evaluation.recovery import RecoveryEvaluator, evaluation_keys
     from recovla_jax.evaluation.run_policies import load_run_policies
     from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.failures.bank import FailureBank
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     modes = [m for m in task.failure_modes if m in pol.params_for_mode and counts[m]["heldout"] > 0]
     if not modes:
         raise SystemExit(f"{args.run}: no trained policy has held-out states to evaluate on")
-    held = _merge([bank.select(m, "heldout") for m in modes])
+    held_rows = bank.rows_of(modes, "heldout")
+    held = bank.take(held_rows)
     dr = DomainRandomization() if cond["domain_randomization"] else None
     record = {"run": str(Path(args.run).absolute()), "task": task.name, "conditions": cond, "modes": {},
               "checkpoint_steps": pol.checkpoint_steps, "trained_with_hand_back": cond["hand_back"],
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     for protocol, hand_back in (("whole_episode", False), ("hand_back", True)):
         env = run_residual_env(task, base, held, pol, cond, hand_back=hand_back, hand_back_delay=delay if hand_back else 0)
         evaluators[protocol] = RecoveryEvaluator(env, pol.apply, int(cond["episode_length"]), seed=int(cond["seed"]),
-                                                 randomization=dr, state_ids=heldout_state_ids(bank, modes, cond))
+                                                 randomization=dr, state_ids=evaluation_keys(held_rows, cond))
     console.print(f"[bold]{task.name}[/]: {len(held)} held-out states, seed {cond['seed']}; each protocol compiles once")
     for m in modes:
         idx = np.flatnonzero(held.arrays["mode"] == task.failure_modes.index(m))[: args.states]

@@ -16,7 +16,7 @@ from tensorboardX import SummaryWriter
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
 from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_config, start_policy, starts_description,
                                         train_policy, training_env, warm_start_record)
-from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, heldout_state_ids
+from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, evaluation_keys
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.failures import expert_paths
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
@@ -152,7 +152,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
             "the base drives alone elsewhere")
     paths = None
     if path_fraction > 0:
-        paths = expert_paths.load_or_build(run_dir / "expert_paths", task, _merge([bank.select(m) for m in usable]),
+        paths = expert_paths.load_or_build(run_dir / "expert_paths", task, bank.take(bank.rows_of(usable)),
                                            args.episode_length, path_stride, log=log)
         log(f"--expert-path-starts: {path_fraction:.0%} of training episodes start on one of {len(paths)} states along "
             f"the expert's recoveries (every {path_stride} steps)")
@@ -173,7 +173,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
             + ("; a fit that succeeds from fewer train states than PPO's fresh policy is dropped for plain PPO"
                if fallback else ""))
     for name, modes in groups.items():
-        train_bank = _merge([bank.select(m, "train") for m in modes])
+        train_bank = bank.take(bank.rows_of(modes, "train"))
         starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
         env = ResidualEnv(task, base, starts, weights, alpha=args.alpha,
                           obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
@@ -200,13 +200,14 @@ def run_pipeline(args: argparse.Namespace) -> Path:
 
     # 6. evaluation on held-out failure states: one compiled program for every mode and both arms
     eval_random = None if args.no_randomization else DomainRandomization()
-    held = _merge([bank.select(m, "heldout") for m in usable])
+    held_rows = bank.rows_of(usable, "heldout")
+    held = bank.take(held_rows)
     eval_env = ResidualEnv(task, base, held, weights, alpha=args.alpha,
                            obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
                            hand_back_delay=delay)
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all)
     evaluator = RecoveryEvaluator(eval_env, apply, args.episode_length, seed=10_000 + args.seed, randomization=eval_random,
-                                  state_ids=heldout_state_ids(bank, usable))
+                                  state_ids=evaluation_keys(held_rows))
     log(f"evaluating on {len(held)} held-out failure states (base alone and ReCoVLA; the first call compiles)")
     for m in usable:
         idx = np.flatnonzero(held.arrays["mode"] == task.failure_modes.index(m))
@@ -260,12 +261,6 @@ def target_verdict(modes: dict, average: float, target: float = 0.8, min_trials:
     small = {m: r["recovla"]["trials"] for m, r in modes.items() if r["recovla"]["trials"] < min_trials}
     return {"average_recovery": target, "min_trials_per_cell": min_trials, "average_met": bool(average >= target),
             "cells_below_min_trials": small, "met": bool(average >= target and not small)}
-
-
-def _merge(banks: list[FailureBank]) -> FailureBank:
-    first = banks[0]
-    arrays = {k: np.concatenate([b.arrays[k] for b in banks]) for k in first.arrays}
-    return FailureBank(first.task, first.modes, first.stages, arrays, first.meta)
 
 
 def _fmt(r: dict) -> str:

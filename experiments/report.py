@@ -17,7 +17,10 @@ family and, per task, a row of nominal success after training. Columns are metho
                          --sim2sim-arm (default runtime_rules: monitor + rules selector + switching + safety)
 The method of a main-job run is read from its config (mask, selector, policy layout). Nominal success of the
 main-job methods comes from RUN/baselines/nominal/results.json (--method=nominal), of the baselines from their
-own results, of the sim2sim column from the native runtime's nominal arm. Writes report.md, report.csv (tidy:
+own results, of the sim2sim column from the native runtime's nominal arm. With several families, an "all tasks
+average" row follows; report.md then closes with the issue's targets over every task x mode cell (ReCoVLA >= 80% in
+MJX, >= 75% zero-shot native), taking for each task the column of the last ReCoVLA run given for it, and the
+fine-tuned base's mean over the same cells. Writes report.md, report.csv (tidy:
 one line per task x row x method, numeric) and report.png (bars with Wilson CIs) into --out. Imports no JAX.
 """
 
@@ -155,6 +158,8 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
         method, label = infer_run_method(config, results)
         table.labels[method] = label
         t = table.task(task)
+        if method.startswith("recovla-"):
+            t["recovla_method"] = method  # the last ReCoVLA run given for a task is its entry in the targets
         t["banks"][str(run)] = (results.get("bank") or {}).get("counts")
         table.sources.append({"task": task, "column": label, "run": str(run), "budget": _budget(config)})
         for m, r in results.get("modes", {}).items():
@@ -242,7 +247,8 @@ def _families(overrides: list[str]) -> dict[str, str]:
 
 
 def build_rows(table: Table, families: dict[str, str]) -> tuple[list[str], list[dict]]:
-    """(method columns, rows): rows of kind 'mode', 'average' (per family) and 'nominal' (per task)."""
+    """(method columns, rows): rows of kind 'mode', 'average' (per family), 'nominal' (per task) and, with several
+    families, one 'overall' (every mode row)."""
     methods = table.methods()
     rows: list[dict] = []
     by_family: dict[str, list[str]] = {}
@@ -256,10 +262,7 @@ def build_rows(table: Table, families: dict[str, str]) -> tuple[list[str], list[
                              "cells": {k: t["cells"].get((m, k), (None, None))[0] for k in methods},
                              "sources": {k: t["cells"].get((m, k), (None, None))[1] for k in methods}})
         fam_rows = [r for r in rows if r["kind"] == "mode" and r["family"] == family]
-        avg = {}
-        for k in methods:
-            rates = [r["cells"][k]["rate"] for r in fam_rows if r["cells"][k]]
-            avg[k] = {"rate": sum(rates) / len(rates), "modes": len(rates), "of": len(fam_rows)} if rates else None
+        avg = {k: _mean_rate([r["cells"][k] for r in fam_rows]) for k in methods}
         rows.append({"kind": "average", "task": "", "family": family, "row": f"{family} average", "cells": avg, "sources": {}})
         for task in tasks:
             t = table.tasks[task]
@@ -267,7 +270,58 @@ def build_rows(table: Table, families: dict[str, str]) -> tuple[list[str], list[
                 rows.append({"kind": "nominal", "task": task, "family": family, "row": "nominal, after training",
                              "cells": {k: t["nominal"].get(k, (None, None))[0] for k in methods},
                              "sources": {k: t["nominal"].get(k, (None, None))[1] for k in methods}})
+    if len(by_family) > 1:
+        mode_rows = [r for r in rows if r["kind"] == "mode"]
+        rows.append({"kind": "overall", "task": "", "family": "", "row": "all tasks average",
+                     "cells": {k: _mean_rate([r["cells"][k] for r in mode_rows]) for k in methods}, "sources": {}})
     return methods, rows
+
+
+def _mean_rate(cells: list[dict | None]) -> dict | None:
+    """Mean of the per-cell rates of the cells that exist, with how many of them there were."""
+    rates = [c["rate"] for c in cells if c]
+    return {"rate": sum(rates) / len(rates), "modes": len(rates), "of": len(cells)} if rates else None
+
+
+def targets(table: Table, rows: list[dict], mjx_target: float = 0.8, native_target: float = 0.75) -> dict | None:
+    """The issue's targets over every task x mode cell of the table: ReCoVLA's mean in MJX (per task, the column of
+    the last ReCoVLA run given for it, so a task with several variants counts once), its sim2sim column's mean, and
+    the fine-tuned base's mean over the same cells. None without a ReCoVLA run."""
+    chosen = {task: t["recovla_method"] for task, t in table.tasks.items() if t.get("recovla_method")}
+    if not chosen:
+        return None
+    mode_rows = [r for r in rows if r["kind"] == "mode"]
+    cells = lambda method: [r["cells"].get(chosen.get(r["task"]) if method == "recovla" else method)  # noqa: E731
+                            for r in mode_rows]
+    recovla, native, finetune = _mean_rate(cells("recovla")), _mean_rate(cells("sim2sim")), _mean_rate(cells("finetune"))
+    return {"columns": {task: table.labels.get(m, m) for task, m in chosen.items()}, "cells": len(mode_rows),
+            "recovla_mjx": recovla, "mjx_target": mjx_target,
+            "mjx_met": bool(recovla and recovla["modes"] == len(mode_rows) and recovla["rate"] >= mjx_target),
+            "recovla_native": native, "native_target": native_target,
+            "native_met": bool(native and native["modes"] == len(mode_rows) and native["rate"] >= native_target),
+            "finetune_mjx": finetune}
+
+
+def _target_lines(tg: dict | None) -> list[str]:
+    if tg is None:
+        return []
+
+    def mean(a: dict | None) -> str:
+        return "not run" if not a else f"**{100 * a['rate']:.1f}%** over {a['modes']} of {tg['cells']} cells"
+
+    def verdict(met: bool, a: dict | None, target: float) -> str:
+        if met:
+            return f"target {target:.0%}: met"
+        missing = "" if not a or a["modes"] == tg["cells"] else ", cells missing"
+        return f"target {target:.0%}: not met{missing}"
+
+    columns = ", ".join(f"{task}: {label}" for task, label in sorted(tg["columns"].items()))
+    return ["", "## Targets (every task x mode cell above)", "",
+            f"- ReCoVLA in MJX: {mean(tg['recovla_mjx'])} ({verdict(tg['mjx_met'], tg['recovla_mjx'], tg['mjx_target'])}). "
+            f"Per task, the column of the last ReCoVLA run given: {columns}.",
+            f"- ReCoVLA zero-shot in native MuJoCo (the sim2sim column): {mean(tg['recovla_native'])} "
+            f"({verdict(tg['native_met'], tg['recovla_native'], tg['native_target'])}).",
+            f"- Fine-tuned base in MJX, same cells: {mean(tg['finetune_mjx'])}."]
 
 
 def _avg_cell(a: dict | None) -> str:
@@ -295,11 +349,12 @@ def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Pat
         if r["kind"] == "mode":
             cells = [fmt_cell(r["cells"][m]) for m in methods]
             lines.append(f"| {r['task']} | {r['family']} | {r['row']} | " + " | ".join(cells) + " |")
-        elif r["kind"] == "average":
+        elif r["kind"] in ("average", "overall"):
             lines.append(f"| **{r['row']}** | | | " + " | ".join(_avg_cell(r["cells"][m]) for m in methods) + " |")
         else:
             cells = [fmt_cell(r["cells"][m]) for m in methods]
             lines.append(f"| {r['task']} | {r['family']} | *{r['row']}* | " + " | ".join(cells) + " |")
+    lines += _target_lines(targets(table, rows))
     lines += ["", "## Sources", "", "| task | column | directory | budget |", "|---|---|---|---|"]
     for s in table.sources:
         lines.append(f"| {s['task']} | {s['column']} | `{s['run']}` | {s['budget']} |")
@@ -337,13 +392,14 @@ def write_plot(table: Table, methods: list[str], rows: list[dict], path: Path) -
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tasks = [t for t in dict.fromkeys(r["task"] for r in rows if r["kind"] != "average")]
-    shown = [m for m in methods if any(r["cells"].get(m) for r in rows if r["kind"] != "average")]
+    bars = [r for r in rows if r["kind"] in ("mode", "nominal")]
+    tasks = [t for t in dict.fromkeys(r["task"] for r in bars)]
+    shown = [m for m in methods if any(r["cells"].get(m) for r in bars)]
     fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(max(6.0, 2.2 + 1.6 * len(shown)) * max(len(tasks), 1) * 0.75, 4.2),
                              squeeze=False)
     width = 0.8 / max(len(shown), 1)
     for ax, task in zip(axes[0], tasks):
-        trows = [r for r in rows if r["task"] == task and r["kind"] != "average"]
+        trows = [r for r in bars if r["task"] == task]
         x = np.arange(len(trows))
         for j, m in enumerate(shown):
             cells = [r["cells"].get(m) for r in trows]
@@ -374,7 +430,8 @@ def build_report(runs: list[Path], out: Path, sim2sim_arm: str = "runtime_rules"
     if plot:
         write_plot(table, methods, rows, out / "report.png")
     return {"markdown": out / "report.md", "csv": out / "report.csv", "png": out / "report.png" if plot else None,
-            "methods": methods, "labels": table.labels, "rows": rows, "notes": table.notes, "text": md}
+            "methods": methods, "labels": table.labels, "rows": rows, "notes": table.notes, "text": md,
+            "targets": targets(table, rows)}
 
 
 def main(argv: list[str] | None = None) -> dict:

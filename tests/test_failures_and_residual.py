@@ -30,6 +30,13 @@ def test_bank_save_load_round_trip(tmp_path, drawer_task, drawer_env):
         np.testing.assert_array_equal(again.arrays[k], bank.arrays[k])
     assert bank.counts()["missed_handle"] == {"train": 2, "heldout": 1}
     assert len(bank.select("slipped_off", "heldout")) == 2
+    # rows_of: mode after mode, in the order asked; take keeps that order (one array = an env's starts and their keys)
+    rows = bank.rows_of(["slipped_off", "missed_handle"], "heldout")
+    assert list(rows) == list(bank.rows("slipped_off", "heldout")) + list(bank.rows("missed_handle", "heldout"))
+    taken = bank.take(rows)
+    np.testing.assert_array_equal(taken.arrays["qpos"], bank.arrays["qpos"][rows])
+    assert list(taken.arrays["mode"]) == [1, 1, 0]
+    assert len(bank.rows_of([], "train")) == 0
 
 
 def test_collected_failures_are_labelled_base_failures(drawer_task, drawer_base_policy):
@@ -485,7 +492,7 @@ def test_expert_warm_start_narrows_exploration_noise_that_erases_the_fit(drawer_
 def test_recovery_evaluator_keys_each_state_by_its_bank_row(drawer_task, drawer_env, drawer_base_policy):
     """Keyed by bank row, a held-out state gets the same dynamics draw and episode key whichever other modes'
     states its env holds (one-mode and all-mode runs evaluate it alike); keyed by position it does not."""
-    from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, heldout_state_ids
+    from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, evaluation_keys
     from recovla_jax.sim.randomization import RANDOMIZED_FIELDS, DomainRandomization
 
     bank = _bank_from_resets(drawer_task, drawer_env, n=12)
@@ -493,11 +500,9 @@ def test_recovery_evaluator_keys_each_state_by_its_bank_row(drawer_task, drawer_
     modes, one = list(drawer_task.failure_modes), drawer_task.failure_modes[2]
 
     def evaluator(mode_list, keyed):
-        held = bank.select(split="heldout")
-        held = FailureBank(bank.task, bank.modes, bank.stages,
-                           {k: np.concatenate([bank.select(m, "heldout").arrays[k] for m in mode_list]) for k in held.arrays})
-        env = ResidualEnv(drawer_task, drawer_base_policy, held, weights)
-        ids = heldout_state_ids(bank, mode_list, {"state_keys": STATE_KEYS}) if keyed else None
+        rows = bank.rows_of(mode_list, "heldout")
+        env = ResidualEnv(drawer_task, drawer_base_policy, bank.take(rows), weights)
+        ids = evaluation_keys(rows, {"state_keys": STATE_KEYS}) if keyed else None
         return RecoveryEvaluator(env, lambda p, obs: obs[..., :7] * 0, num_steps=5, seed=3,
                                  randomization=DomainRandomization(), state_ids=ids)
 
@@ -509,7 +514,7 @@ def test_recovery_evaluator_keys_each_state_by_its_bank_row(drawer_task, drawer_
         models_match = all(np.array_equal(np.asarray(getattr(every.models, f))[in_all], np.asarray(getattr(alone.models, f)))
                            for f in RANDOMIZED_FIELDS)
         assert keys_match == same and models_match == same, (keyed, keys_match, models_match)
-    assert heldout_state_ids(bank, modes, {"seed": 10_000}) is None  # a run evaluated before per-state keys
+    assert evaluation_keys(bank.rows_of(modes, "heldout"), {"seed": 10_000}) is None  # a run evaluated before per-state keys
     with pytest.raises(ValueError, match="one id per start"):
         RecoveryEvaluator(ResidualEnv(drawer_task, drawer_base_policy, bank, weights), lambda p, o: o, 5, 0, None,
                           state_ids=np.arange(3))

@@ -363,7 +363,7 @@ def test_policy_loss_ignores_steps_the_residual_did_not_drive():
     # with every step driven the loss is plain PPO: the unweighted normalisation and mean
     full = dict(driven, active=jnp.ones((n,)))
     adv = (full["advantage"] - full["advantage"].mean()) / (full["advantage"].std() + 1e-8)
-    mean = trainer.actor.apply(ts.params["actor"], trainer._normalize(ts.normalizer, full["obs"]))
+    mean = trainer.actor.apply(ts.params["actor"], trainer.normalize(ts.normalizer, full["obs"]))
     from recovla_jax.training.ppo import _gaussian_log_prob
 
     ratio = jnp.exp(_gaussian_log_prob(full["action"], mean, ts.params["log_std"]) - full["log_prob"])

@@ -124,6 +124,35 @@ def test_report_builder_on_fixture_runs(tmp_path, fixture_runs):
     assert rep["png"].stat().st_size > 10_000
 
 
+def test_report_targets_over_every_task(tmp_path, fixture_runs):
+    """Across families: an all-tasks average row, and the issue's targets over every task x mode cell, each task
+    counted through the column of its own ReCoVLA run."""
+    from experiments.report import build_report
+
+    peg = tmp_path / "peg"
+    _write(peg / "config.json", {"task": "peg_insert", "selector": "auto", "mask": "selected", "policy": "per-mode",
+                                 "expert_warm_start": 24, "num_envs": 128, "timesteps": 1_000_000})
+    _write(peg / "results.json", {"task": "peg_insert", "selector": "rules", "mask": "selected", "policy": "per-mode",
+                                  "modes": {"lateral_misalignment": {"base": _w(2, 10), "recovla": _w(9, 10)},
+                                            "tilted_in_grasp": {"base": _w(0, 10), "recovla": _w(6, 10)}}})
+    rep = build_report([*fixture_runs, peg], tmp_path / "r", plot=False)
+    tg = rep["targets"]
+    assert tg["columns"] == {"drawer": "ReCoVLA (rules)", "peg_insert": "ReCoVLA (rules), expert warm start"}
+    assert tg["recovla_mjx"]["rate"] == pytest.approx((0.75 + 0.5 + 1.0 + 0.9 + 0.6) / 5) and tg["recovla_mjx"]["modes"] == 5
+    assert not tg["mjx_met"]
+    assert (tg["recovla_native"]["modes"], tg["finetune_mjx"]["modes"]) == (3, 3)  # peg has neither
+    assert not tg["native_met"]  # 50% and two cells missing
+    overall = next(r for r in rep["rows"] if r["kind"] == "overall")
+    assert overall["cells"]["recovla-rules"]["of"] == 5 and overall["cells"]["recovla-rules-warm"]["modes"] == 2
+    text = rep["text"]
+    assert "| **all tasks average** |" in text
+    assert "ReCoVLA in MJX: **75.0%** over 5 of 5 cells (target 80%: not met)" in text
+    assert "over 3 of 5 cells (target 75%: not met, cells missing)" in text
+    # one family only: no overall row, and targets still over its cells
+    single = build_report(fixture_runs, tmp_path / "s", plot=False)
+    assert not any(r["kind"] == "overall" for r in single["rows"]) and single["targets"]["recovla_mjx"]["modes"] == 3
+
+
 def test_report_sim2sim_arm_choice(tmp_path, fixture_runs):
     from experiments.report import build_report
 

@@ -36,13 +36,13 @@ PolicyApply = Callable[[Any, jnp.ndarray], jnp.ndarray]
 STATE_KEYS = "bank_row"
 
 
-def heldout_state_ids(bank: Any, modes: list[str], conditions: dict | None = None) -> np.ndarray | None:
-    """The bank rows of `modes`' held-out states, mode by mode as their merged env holds them: `RecoveryEvaluator`'s
-    `state_ids`. None (keys by position) where `conditions`, a run's recorded eval_conditions, predate per-state
+def evaluation_keys(rows: np.ndarray, conditions: dict | None = None) -> np.ndarray | None:
+    """`RecoveryEvaluator`'s `state_ids` for an env built from the bank `rows` (`FailureBank.rows_of`): the rows
+    themselves, or None (keys by position) where `conditions`, a run's recorded eval_conditions, predate per-state
     keys, so an older run's cells are re-evaluated under the draws they were measured with."""
     if conditions is not None and conditions.get("state_keys") != STATE_KEYS:
         return None
-    return np.concatenate([bank.rows(m, "heldout") for m in modes])
+    return np.asarray(rows)
 
 
 @partial(jax.jit, static_argnames="randomization")
@@ -69,10 +69,11 @@ class RecoveryEvaluator:
         # One randomized model per *start state*, so both arms (and any policy) see the same dynamics.
         if randomization is None:
             self.models, self.in_axes = None, None
-        else:
+        elif self.state_ids is None:
             self.models, self.in_axes = batched_models(env.sys, k_models, n, randomization)
-            if self.state_ids is not None:  # keep batched_models' layout (in_axes); redraw each state by its id
-                self.models = self.models.tree_replace(_fields_by_id(env.sys, k_models, self.state_ids, randomization))
+        else:  # each state's model drawn by its id; batched_models, asked for one draw, gives the vmap layout
+            _, self.in_axes = batched_models(env.sys, k_models, 1, randomization)
+            self.models = env.sys.tree_replace(_fields_by_id(env.sys, k_models, self.state_ids, randomization))
 
         def one(model, index, key, params, use_residual):
             with using_model(env, model) as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,9 +71,17 @@ class FailureBank:
             keep &= self.arrays["split"] == {"train": 0, "heldout": 1}[split]
         return np.flatnonzero(keep)
 
+    def rows_of(self, modes: Sequence[str], split: str | None = None) -> np.ndarray:
+        """`rows` of each of `modes` in `split`, mode after mode: the order a multi-mode env built with `take` holds
+        them, so one array serves as both the env's starts and their evaluation keys."""
+        return np.concatenate([self.rows(m, split) for m in modes]) if modes else np.zeros(0, np.int64)
+
+    def take(self, rows: np.ndarray) -> "FailureBank":
+        """The bank of the given rows, in that order."""
+        return FailureBank(self.task, self.modes, self.stages, {k: v[rows] for k, v in self.arrays.items()}, self.meta)
+
     def select(self, mode: str | None = None, split: str | None = None) -> "FailureBank":
-        keep = self.rows(mode, split)
-        return FailureBank(self.task, self.modes, self.stages, {k: v[keep] for k, v in self.arrays.items()}, self.meta)
+        return self.take(self.rows(mode, split))
 
     def counts(self) -> dict:
         out = {}

@@ -178,11 +178,11 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
     optimizer = optax.adam(cfg.learning_rate)
 
     def actor_loss(actor, normalizer, obs, target):
-        mean = trainer.actor.apply(actor, trainer._normalize(normalizer, obs))
+        mean = trainer.actor.apply(actor, trainer.normalize(normalizer, obs))
         return jnp.mean((jnp.tanh(mean) - target) ** 2)
 
     def critic_loss(critic, normalizer, obs, ret):
-        return jnp.mean((trainer.critic.apply(critic, trainer._normalize(normalizer, obs))[..., 0] - ret) ** 2)
+        return jnp.mean((trainer.critic.apply(critic, trainer.normalize(normalizer, obs))[..., 0] - ret) ** 2)
 
     fit_actor = _fit_fn(actor_loss, optimizer, cfg.fit_steps, cfg.batch_size)
     fit_critic = _fit_fn(critic_loss, optimizer, cfg.fit_steps, cfg.batch_size)

@@ -77,7 +77,7 @@ class FinetunePPOTrainer(PPOTrainer):
         cfg = cfg.model_copy(update={"actor_hidden": bc_hidden(self._bc_net), "normalize_obs": False})
         super().__init__(env, cfg, mesh)
 
-    def _normalize(self, normalizer, obs: jax.Array) -> jax.Array:
+    def normalize(self, normalizer, obs: jax.Array) -> jax.Array:
         return (obs - self._bc_mean) / self._bc_std
 
     def _init(self, rng: jax.Array) -> TrainingState:

@@ -250,7 +250,9 @@ class PPOTrainer:
         )
 
     # ----------------------------------------------------------------------------------------- policy
-    def _normalize(self, normalizer, obs: jax.Array) -> jax.Array:
+    def normalize(self, normalizer, obs: jax.Array) -> jax.Array:
+        """What the actor and critic read: `obs` under the running statistics (clipped to 10 std), or `obs` itself
+        with `normalize_obs` off. Public for the warm start, which fits the same networks on the same inputs."""
         if not self.cfg.normalize_obs:
             return obs
         return running_statistics.normalize(obs, normalizer, max_abs_value=10.0)
@@ -259,13 +261,13 @@ class PPOTrainer:
         self, params: dict, normalizer, obs: jax.Array, deterministic: bool, rng: jax.Array | None = None
     ) -> jax.Array:
         """Residual action for `obs` (any leading dims); `deterministic` returns the mean. Pure, jittable."""
-        mean = self.actor.apply(params["actor"], self._normalize(normalizer, obs))
+        mean = self.actor.apply(params["actor"], self.normalize(normalizer, obs))
         if deterministic:
             return mean
         return mean + jnp.exp(params["log_std"]) * jax.random.normal(rng, mean.shape, mean.dtype)
 
     def value_fn(self, params: dict, normalizer, obs: jax.Array) -> jax.Array:
-        return self.critic.apply(params["critic"], self._normalize(normalizer, obs))[..., 0]
+        return self.critic.apply(params["critic"], self.normalize(normalizer, obs))[..., 0]
 
     def deterministic_actor(self, ts: TrainingState) -> Callable[[jax.Array], jax.Array]:
         """Jitted obs -> mean action with the state's current params and normalizer."""
@@ -302,7 +304,7 @@ class PPOTrainer:
 
         def step(env_state: State, key):
             obs = env_state.obs
-            mean = self.actor.apply(ts.params["actor"], self._normalize(ts.normalizer, obs))
+            mean = self.actor.apply(ts.params["actor"], self.normalize(ts.normalizer, obs))
             log_std = ts.params["log_std"]
             action = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
             log_prob = _gaussian_log_prob(action, mean, log_std)
@@ -349,7 +351,7 @@ class PPOTrainer:
 
     def _loss(self, params: dict, normalizer, batch: dict) -> tuple[jax.Array, dict]:
         cfg = self.cfg
-        nobs = self._normalize(normalizer, batch["obs"])
+        nobs = self.normalize(normalizer, batch["obs"])
         mean = self.actor.apply(params["actor"], nobs)
         log_std = params["log_std"]
         log_prob = _gaussian_log_prob(batch["action"], mean, log_std)

@@ -22,7 +22,7 @@ from recovla_jax.tasks.base import Task
 from recovla_jax.utils.checkpoint import save_pytree
 
 BUNDLE_FORMAT = 1
-# Observation normalisation clip used by PPOTrainer._normalize (brax running_statistics max_abs_value).
+# Observation normalisation clip used by PPOTrainer.normalize (brax running_statistics max_abs_value).
 NORMALIZER_MAX_ABS = 10.0
 
 

@@ -17,7 +17,7 @@ from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
 from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_config, start_policy, starts_description,
                                         train_policy, training_env, warm_start_record)
 from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, evaluation_keys
-from recovla_jax.evaluation.stats import wilson
+from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, wilson
 from recovla_jax.failures import expert_paths
 from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
 from recovla_jax.policies.bc import load_or_train_base_policy
@@ -256,7 +256,8 @@ def _pooled(cells: list[dict]) -> dict:
     return wilson(sum(c["successes"] for c in cells), sum(c["trials"] for c in cells)).as_dict()
 
 
-def target_verdict(modes: dict, average: float, target: float = 0.8, min_trials: int = 200) -> dict:
+def target_verdict(modes: dict, average: float, target: float = MJX_RECOVERY_TARGET,
+                   min_trials: int = MIN_TRIALS_PER_CELL) -> dict:
     """The issue's target as specified: average over modes >= 80% AND every cell with >= 200 trials."""
     small = {m: r["recovla"]["trials"] for m, r in modes.items() if r["recovla"]["trials"] < min_trials}
     return {"average_recovery": target, "min_trials_per_cell": min_trials, "average_met": bool(average >= target),

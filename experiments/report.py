@@ -32,6 +32,8 @@ import json
 import sys
 from pathlib import Path
 
+from recovla_jax.evaluation.stats import MJX_RECOVERY_TARGET, NATIVE_RECOVERY_TARGET
+
 DASH = "—"
 # Task family of each task (the table averages per family). Tasks not listed fall in "other" unless
 # --family names them.
@@ -283,7 +285,8 @@ def _mean_rate(cells: list[dict | None]) -> dict | None:
     return {"rate": sum(rates) / len(rates), "modes": len(rates), "of": len(cells)} if rates else None
 
 
-def targets(table: Table, rows: list[dict], mjx_target: float = 0.8, native_target: float = 0.75) -> dict | None:
+def targets(table: Table, rows: list[dict], mjx_target: float = MJX_RECOVERY_TARGET,
+            native_target: float = NATIVE_RECOVERY_TARGET) -> dict | None:
     """The issue's targets over every task x mode cell of the table: ReCoVLA's mean in MJX (per task, the column of
     the last ReCoVLA run given for it, so a task with several variants counts once), its sim2sim column's mean, and
     the fine-tuned base's mean over the same cells. None without a ReCoVLA run."""

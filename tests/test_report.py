@@ -153,6 +153,20 @@ def test_report_targets_over_every_task(tmp_path, fixture_runs):
     assert not any(r["kind"] == "overall" for r in single["rows"]) and single["targets"]["recovla_mjx"]["modes"] == 3
 
 
+def test_main_job_verdict_asks_for_the_targets_trial_count():
+    """The main job's verdict and the report read the same targets; a cell under 200 held-out trials fails the
+    verdict even at a high average."""
+    from experiments.pipeline import target_verdict
+    from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET
+
+    modes = {"a": {"recovla": _w(190, 200)}, "b": {"recovla": _w(170, 200)}}
+    assert target_verdict(modes, 0.9)["met"] and not target_verdict(modes, 0.79)["met"]
+    modes["c"] = {"recovla": _w(99, 100)}
+    v = target_verdict(modes, 0.9)
+    assert v["average_met"] and not v["met"] and v["cells_below_min_trials"] == {"c": 100}
+    assert (v["average_recovery"], v["min_trials_per_cell"]) == (MJX_RECOVERY_TARGET, MIN_TRIALS_PER_CELL)
+
+
 def test_report_sim2sim_arm_choice(tmp_path, fixture_runs):
     from experiments.report import build_report
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+# The issue's targets (issue 6), read by the main job's verdict and the report's "Targets" section.
+MJX_RECOVERY_TARGET = 0.8  # ReCoVLA's average recovery success over every task x mode cell, in MJX
+NATIVE_RECOVERY_TARGET = 0.75  # the same, zero-shot in native MuJoCo
+MIN_TRIALS_PER_CELL = 200  # held-out trials each cell needs for its verdict
+
 
 @dataclass(frozen=True)
 class SuccessRate:

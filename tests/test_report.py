@@ -208,15 +208,19 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     full = benchmark_suite.build_steps(["drawer"], out, "full")
     assert not any("--timesteps" in " ".join(s.argv) for s in full)
     assert not any("--hand-back" in " ".join(s.argv) for s in full)  # the drawer trains on the whole episode
-    # per-task protocol: stack's three main-job runs hand back (the table's setting); --train-arg adds, --no-task-args drops
-    steps = benchmark_suite.main(["--dry-run", "--tasks", "stack", "drawer", f"--out={out}", "--train-arg=drawer:--alpha=2"])
+    # per-task protocol: stack's three main-job runs are warm-started (the table's setting); --train-arg adds,
+    # --no-task-args drops; the reduced budget keeps one warm-start round
+    steps = benchmark_suite.main(["--dry-run", "--budget=full", "--tasks", "stack", "drawer", f"--out={out}",
+                                  "--train-arg=drawer:--hand-back"])
     train = {s.name: " ".join(s.argv) for s in steps if "experiments.train" in s.argv}
-    assert sum("--hand-back" in c for c in train.values()) == 3 and all("--task=stack" in c for c in train.values()
+    stack_runs = [c for c in train.values() if "--task=stack" in c]
+    assert len(stack_runs) == 3 and all("--alpha=2" in c and "--expert-warm-start=3" in c for c in stack_runs)
+    assert sum("--hand-back" in c for c in train.values()) == 3 and all("--task=drawer" in c for c in train.values()
                                                                           if "--hand-back" in c)
-    assert sum("--alpha=2" in c for c in train.values()) == 3 and all("--task=drawer" in c for c in train.values()
-                                                                        if "--alpha=2" in c)
+    reduced = benchmark_suite.main(["--dry-run", "--budget=reduced", "--tasks", "peg_insert", f"--out={out}"])
+    assert all("--expert-warm-start=1" in " ".join(s.argv) for s in reduced if "experiments.train" in s.argv)
     bare = benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--no-task-args"])
-    assert not any("--hand-back" in " ".join(s.argv) for s in bare)
+    assert not any("--expert-warm-start" in " ".join(s.argv) for s in bare)
     with pytest.raises(SystemExit, match="--train-arg: task.*peg_insert"):
         benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--train-arg=peg_insert:--alpha=2"])
     with pytest.raises(SystemExit):  # argparse: not TASK:--option

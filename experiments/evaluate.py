@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dynamics-randomization", action="store_true", help="nominal friction/mass/damping/gain")
     p.add_argument("--release-on", choices=["progress", "success"], default="success",
                    help="when the runtime hands control back to the base")
+    p.add_argument("--stall-without-failure", choices=["base", "keep"], default="base",
+                   help="a recovery that stalls while the selector sees no failure: hand back to the base (default) or "
+                        "keep the recovery policy driving (stack's whole-episode residuals lost most runtime episodes to "
+                        "the hand-back, README)")
     p.add_argument("--max-residual-norm", type=positive_float, default=None,
                    help="override the manifest's residual norm cap (> 0; a tiny cap such as 1e-6 switches residuals off "
                         "while the runtime still switches: an ablation)")
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     dynamics = NativeDynamics(**dyn)
     cfg = Sim2SimConfig(episodes_per_mode=args.episodes_per_mode, nominal_episodes=args.nominal_episodes, seed=args.seed,
                         max_steps=args.max_steps, dynamics=dynamics,
-                        monitor=MonitorConfig(release_on=args.release_on),
+                        monitor=MonitorConfig(release_on=args.release_on, stall_without_failure=args.stall_without_failure),
                         safety_overrides={} if args.max_residual_norm is None else {"max_residual_norm": args.max_residual_norm})
 
     server = None

@@ -212,6 +212,31 @@ def test_start_diagnosis_switches_at_once_while_later_triggers_still_need_confir
     assert rt2.mode == "missed_handle" and sw[0].step == 9 and "stall: selector oracle diagnosed missed_handle (2x)" in sw[0].detail["reason"]
 
 
+def test_stalled_recovery_without_a_failure_hands_back_or_keeps_driving(fake_export):
+    """`stall_without_failure`: a recovery whose progress stalls while the selector sees no failure goes back to the
+    base ("base", default) or keeps its policy ("keep"); a different diagnosed mode switches either way."""
+    m = load_manifest(fake_export)
+    res = np.array([0.1, 0, 0, 0, 0, 0, 0])
+    for rule in ("base", "keep"):
+        rt, sel = _runtime(m, {"missed_handle": StubPolicy([res] * 100), "slipped_off": StubPolicy([res] * 100)},
+                           recovery_stall_steps=5, check_every=0, stall_without_failure=rule)
+        rt.step(_obs())
+        assert rt.mode == "missed_handle"
+        sel.set_label(None)
+        for _ in range(5):
+            a = rt.step(_obs())  # no progress for 5 recovery steps: the stall check asks the selector
+        stalled = [e for e in rt.events if e.kind == "diagnosis" and e.detail.get("trigger") == "recovery stalled"]
+        assert stalled, "the stall check must have asked the selector"
+        if rule == "base":
+            assert rt.mode is None and a[0] == 0.0
+        else:
+            assert rt.mode == "missed_handle" and a[0] == pytest.approx(0.1)
+            sel.set_label("slipped_off")
+            for _ in range(5):
+                rt.step(_obs())
+            assert rt.mode == "slipped_off"
+
+
 def test_hand_back_policy_is_released_as_soon_as_the_selector_sees_no_failure(fake_export):
     """A policy exported from a `train --hand-back` run drives only while the selector names a failure (as in
     MJX training); a policy without the flag keeps control until success, progress or a stall."""

@@ -42,6 +42,11 @@ class MonitorConfig(BaseModel):
     release_on: Literal["progress", "success"] = "success"
     resume_progress: float = Field(0.02, gt=0, description="progress beyond the recovery's start that hands back to base")
     recovery_stall_steps: int = Field(50, ge=1, description="re-diagnose a recovery without progress for N steps")
+    # What a stalled recovery does when the re-diagnosis sees no failure. "base" hands control back. "keep" lets
+    # the recovery policy drive on (only another diagnosed mode switches): stack's whole-episode residuals
+    # (session 19, native MuJoCo) lost 27 of 28 toppled_stack and all 23 wrong_order episodes they recover
+    # alone this way: the label clears (a toppled block held) before the base can finish the stack.
+    stall_without_failure: Literal["base", "keep"] = "base"
     # A policy trained with hand-back (`train --hand-back`) acted only while the failure label named a failure:
     # the runtime asks the selector every N recovery steps and hands back as soon as it sees none.
     hand_back_check_every: int = Field(1, ge=1, description="selector checks during a hand-back policy's recovery, every N steps")

@@ -196,7 +196,8 @@ class RecoveryRuntime:
                     self._switch(None, status)
                 elif status == "recovery stalled":
                     mode = self._diagnose(obs, status)
-                    if mode != self.mode:
+                    keep = mode is None and self.monitor.cfg.stall_without_failure == "keep"
+                    if mode != self.mode and not keep:
                         self._switch(mode, f"{status}: selector {self.selector.name} now says {mode}")
 
         residual = None

@@ -187,4 +187,30 @@ def train_policy(name: str, label: str, trainer: Any, ppo_cfg: Any, *, console: 
 
         ts, _ = train(trainer, ppo_cfg, resume=resume, checkpoint_dir=checkpoint_dir, on_metrics=on_metrics,
                       warm_start=warm_start)
+    if resume and sink is not None:
+        curve = resumed_curve(logged_curve(sink.path, name), curve)
     return ts, curve
+
+
+def logged_curve(path: Path, name: str) -> list[dict]:
+    """Policy `name`'s per-iteration metrics as a metrics JSONL file holds them, in file order ([] without the file)."""
+    if not Path(path).exists():
+        return []
+    records = (json.loads(line) for line in Path(path).read_text().splitlines() if line.strip())
+    return [{k: v for k, v in r.items() if k != "policy"} for r in records if r.get("policy") == name]
+
+
+def resumed_curve(logged: list[dict], new: list[dict]) -> list[dict]:
+    """A resumed policy's whole curve: the iterations logged before the restored checkpoint, then the ones run now.
+
+    Why: a resume only sees the iterations it runs (none for a policy already finished), so results.json and the
+    learning-curve plot would lose the earlier ones. The log also holds iterations a killed run did after its last
+    checkpoint, which the resume runs again; the later record of an iteration wins. `logged` ends with `new` when
+    the same sink wrote both, so every logged iteration from the first new one on is dropped before `new` is added.
+    """
+    first_new = new[0]["iteration"] if new else float("inf")
+    earlier: dict[int, dict] = {}
+    for record in logged:
+        if record["iteration"] < first_new:
+            earlier[int(record["iteration"])] = record
+    return [earlier[i] for i in sorted(earlier)] + list(new)

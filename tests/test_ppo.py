@@ -158,6 +158,38 @@ def test_warm_start_hook_runs_once_on_a_fresh_run_and_not_on_resume(tmp_path):
     assert calls == [0] and int(ts.iteration) == 3  # the checkpoint already holds the warm-started parameters
 
 
+def test_resumed_policy_keeps_the_curve_it_logged_before(tmp_path):
+    """results.json's curve of a resumed policy: the iterations logged before the checkpoint, then the new ones,
+    also when the policy had already finished (the resume runs no iteration) or a killed run logged iterations
+    past its last checkpoint."""
+    from rich.console import Console
+    from tensorboardX import SummaryWriter
+
+    from experiments.policy_training import MetricsSink, resumed_curve, train_policy
+
+    cfg = small_cfg().model_copy(update={"total_timesteps": 2 * small_cfg().batch_size, "checkpoint_every": 1})
+    longer = cfg.model_copy(update={"total_timesteps": 3 * cfg.batch_size})
+    sink = MetricsSink(SummaryWriter(str(tmp_path / "tb")), tmp_path / "metrics.jsonl")
+    console = Console(quiet=True)
+
+    def run(c, resume):
+        return train_policy("mode_a", "mode_a", make_trainer(c), c, console=console, sink=sink,
+                            checkpoint_dir=tmp_path / "ck", resume=resume, disable_progress=True)[1]
+
+    first = run(cfg, resume=False)
+    assert [m["iteration"] for m in first] == [1, 2]
+    continued = run(longer, resume=True)
+    assert [m["iteration"] for m in continued] == [1, 2, 3]
+    assert continued[:2] == first
+    finished = run(longer, resume=True)  # nothing left to train: the whole logged curve, not an empty one
+    assert finished == continued
+    # a killed run logged iterations 3-4 after its checkpoint at 2; the resume ran 3-4 again: the later records win
+    logged = [{"iteration": i, "v": i} for i in (1, 2, 3, 4)] + [{"iteration": i, "v": -i} for i in (3, 4)]
+    assert resumed_curve(logged, logged[-2:]) == [{"iteration": 1, "v": 1}, {"iteration": 2, "v": 2},
+                                                  {"iteration": 3, "v": -3}, {"iteration": 4, "v": -4}]
+    assert resumed_curve(logged, []) == [{"iteration": i, "v": v} for i, v in ((1, 1), (2, 2), (3, -3), (4, -4))]
+
+
 def _tree_equal(a, b) -> None:
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -308,8 +340,8 @@ def test_auto_reset_resamples_starts_and_restores_episode_info():
 
 
 def test_desync_episodes_cuts_only_the_first_episode_at_random_lengths():
-    """`DesyncedFirstEpisodes` (train --desync-episodes): each env's first episode ends by time limit after 1..L steps, spread over that range;
-    every later episode runs the full L steps again. Without it all envs end together at step L."""
+    """`DesyncedFirstEpisodes` (train --desync-episodes): each env's first episode ends by time limit after 1..L steps,
+    spread over that range; every later episode runs the full L steps again. Without it all envs end together at step L."""
     from recovla_jax.sim.episode_desync import DesyncedFirstEpisodes, maybe_desync
 
     n, limit = 64, 6

@@ -42,11 +42,13 @@ def _cell(r: dict) -> str:
 def _conditions(c: dict | None) -> str:
     if not c:
         return ""
+    from recovla_jax.evaluation.recovery import STATE_KEYS  # lazy: JAX is loaded by then in every caller
+
     return (f"Each held-out state is started once, {c['episode_length']} control steps, "
             f"{'per-state randomized dynamics' if c['domain_randomization'] else 'nominal dynamics'}, "
             f"observation noise {c['obs_noise']:g}, action latency in {c['latency_prob']:.0%} of episodes, "
             f"gripper jitter {1000 * c['start_jitter_m']:g} mm (seed {c['seed']}"
-            f"{', drawn per bank row' if c.get('state_keys') == 'bank_row' else ', drawn by position in the held-out set'}); "
+            f"{', drawn per bank row' if c.get('state_keys') == STATE_KEYS else ', drawn by position in the held-out set'}); "
             "base alone = same episodes with a zero residual.")
 
 
@@ -99,8 +101,10 @@ def write_summary(results: dict, config: dict, path: Path) -> None:
         "",
         f"- device: {config['device']['platform']} x{config['device']['device_count']}; envs {config['num_envs']}, "
         f"{config['timesteps']:,} env steps per policy; policy layout `{results['policy']}`",
-        f"- selector: `{results['selector']}`" + (" (privileged labels: an upper bound)" if results["selector"] == "oracle" else "")
-        + (" - **ablation `--mask=wrong`: every mode trained on another mode's descriptor**" if results.get("mask") == "wrong" else ""),
+        f"- selector: `{results['selector']}`"
+        + (" (privileged labels: an upper bound)" if results["selector"] == "oracle" else "")
+        + (" - **ablation `--mask=wrong`: every mode trained on another mode's descriptor**"
+           if results.get("mask") == "wrong" else ""),
         f"- base policy `{results['base_policy']['name']}` nominal success: "
         + (_cell(results["base_policy"]["nominal_success"]) if results["base_policy"]["nominal_success"] else "n/a"),
         f"- wall time {results['wall_seconds'] / 60:.1f} min",
@@ -121,12 +125,14 @@ def write_summary(results: dict, config: dict, path: Path) -> None:
         verdict = "met"
     elif t["average_met"]:
         verdict = ("NOT met as specified: the average reaches 80% but these cells have fewer than "
-                   f"{t['min_trials_per_cell']} trials: " + ", ".join(f"{m} (n={n})" for m, n in t["cells_below_min_trials"].items()))
+                   f"{t['min_trials_per_cell']} trials: "
+                   + ", ".join(f"{m} (n={n})" for m, n in t["cells_below_min_trials"].items()))
     else:
         verdict = "NOT met"
     lines += [f"| **average over modes** | | {100 * avg['base']:.1f}% | {100 * avg['recovla']:.1f}% |"]
     if "pooled" in results:
-        lines.append(f"| **all held-out states pooled** | | {_cell(results['pooled']['base'])} | {_cell(results['pooled']['recovla'])} |")
+        lines.append(f"| **all held-out states pooled** | | {_cell(results['pooled']['base'])} | "
+                     f"{_cell(results['pooled']['recovla'])} |")
     lines += ["", f"Target (average over modes >= 80%, every cell n >= {t.get('min_trials_per_cell', 200)}): {verdict}.", "",
               "## Descriptors", ""]
     lines += ["| true mode | diagnosed as | stage | source | agreement | fallbacks | reward mask | ReCoVLA success |",
@@ -138,8 +144,10 @@ def write_summary(results: dict, config: dict, path: Path) -> None:
         mask = ", ".join(f"{k} {v:g}" for k, v in d["reward_mask"].items())
         lines.append(f"| {m} | {d['failure_mode']} | {d['recovery_stage']} | `{d['source']}` | {agree} | "
                      f"{diag.get('fallbacks', '-')} | {mask} | {_cell(r['recovla'])} |")
-    lines += ["", "## Failure bank", "", "| mode | injected | labelled as mode | base recovers alone | kept |", "|---|---|---|---|---|"]
+    lines += ["", "## Failure bank", "", "| mode | injected | labelled as mode | base recovers alone | kept |",
+              "|---|---|---|---|---|"]
     for m, s in results["bank"]["collection"].items():
-        lines.append(f"| {m} | {s['candidates']} | {s['label_matches_injector']} | {s['base_recovers_by_itself']} | {s['kept_base_failures']} |")
+        lines.append(f"| {m} | {s['candidates']} | {s['label_matches_injector']} | {s['base_recovers_by_itself']} | "
+                     f"{s['kept_base_failures']} |")
     lines += ["", "![learning curves](learning_curves.png)", ""]
     path.write_text("\n".join(lines))

@@ -46,7 +46,8 @@ def _time(fn, args: tuple, min_seconds: float) -> tuple[float, int, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="drawer")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated; default 64,256,1024 on CPU or 256..16384 on GPU/TPU")
+    parser.add_argument("--batch-sizes", default=None,
+                        help="comma-separated; default 64,256,1024 on CPU or 256..16384 on GPU/TPU")
     parser.add_argument("--unroll", type=int, default=25, help="control steps per timed jitted call")
     parser.add_argument("--warmup", type=int, default=20, help="base-policy steps after reset before timing")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per measurement")

@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cache == "cold":
         cmd = [sys.executable, "-m", "benchmarks.train_throughput", f"--task={args.task}", f"--num-envs={args.num_envs}",
                f"--unroll-length={args.unroll_length}", f"--episode-length={args.episode_length}", "--compile-only",
-               f"--seed={args.seed}", f"--xla-cache-dir={args.xla_cache_dir}"] + ([f"--bank-dir={args.bank_dir}"] if args.bank_dir else [])
+               f"--seed={args.seed}", f"--xla-cache-dir={args.xla_cache_dir}"] + (
+                   [f"--bank-dir={args.bank_dir}"] if args.bank_dir else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, )
         result["second_process_compile_s"] = json.loads(out.stdout.strip().splitlines()[-1])["train_step_compile_s"]
         result["persistent_cache_dir"] = args.xla_cache_dir

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     hand_back = cond["hand_back"] if args.hand_back == "run" else args.hand_back == "on"
     delay = cond["hand_back_delay"] if args.hand_back_delay is None else args.hand_back_delay
     record = {"run": str(Path(args.run).absolute()), "task": task.name, "run_alpha": float(config["alpha"]),
-              "split": args.split, "hand_back": hand_back, "hand_back_delay": delay, "conditions": {k: cond[k] for k in ("obs_noise", "latency_prob", "start_jitter_m")},
+              "split": args.split, "hand_back": hand_back, "hand_back_delay": delay,
+              "conditions": {k: cond[k] for k in ("obs_noise", "latency_prob", "start_jitter_m")},
               "domain_randomization": False, "modes": {}}
     table = Table(title=f"{task.name}: expert-guided residual success ({args.split} states, nominal model"
                         + (f", hand-back after {delay} steps)" if hand_back else ")"))

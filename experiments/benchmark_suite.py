@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REDUCED = {"train": ["--num-envs=64", "--timesteps=40000", "--candidates=256", "--min-heldout=0"], "nominal": ["--nominal-episodes=32"],
-           "sim2sim": ["--episodes-per-mode=20", "--nominal-episodes=20"]}
+REDUCED = {"train": ["--num-envs=64", "--timesteps=40000", "--candidates=256", "--min-heldout=0"],
+           "nominal": ["--nominal-episodes=32"], "sim2sim": ["--episodes-per-mode=20", "--nominal-episodes=20"]}
 FULL = {"train": [], "nominal": [], "sim2sim": []}
 TASK_TRAIN_ARGS: dict[str, tuple[str, ...]] = {"pick_place": ("--alpha=2", "--expert-warm-start=24"),
                                                 "stack": ("--alpha=2", "--expert-warm-start=3"),
@@ -151,9 +151,11 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
                               run / "baselines" / "nominal" / "results.json"))
         steps += [
             Step(f"{task}: ONNX export of ReCoVLA", ["-m", "experiments.export", f"--run={main}"]
-                 + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]), main / "export" / "manifest.json"),
+                 + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]),
+                 main / "export" / "manifest.json"),
             Step(f"{task}: zero-shot sim-to-sim of ReCoVLA", ["-m", "experiments.evaluate", f"--run={main}", "--backend=mujoco",
-                                                               f"--seed={seed}", *b["sim2sim"]], main / "sim2sim" / "sim2sim.json"),
+                                                               f"--seed={seed}", *b["sim2sim"]],
+                 main / "sim2sim" / "sim2sim.json"),
         ]
         runs += [main, oracle, wrong]
     steps.append(Step("results table", ["-m", "experiments.report", "--runs", *map(str, runs), f"--out={out / 'report'}",

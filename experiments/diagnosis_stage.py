@@ -58,7 +58,8 @@ def apply_reward_weights(task: Task, descriptors: dict[str, RecoveryDescriptor],
                 d.reward_mask[name] = weight
 
 
-def diagnose_modes(task: Task, bank: FailureBank, args: argparse.Namespace, run_dir: Path) -> tuple[dict[str, RecoveryDescriptor], dict]:
+def diagnose_modes(task: Task, bank: FailureBank, args: argparse.Namespace,
+                   run_dir: Path) -> tuple[dict[str, RecoveryDescriptor], dict]:
     """(descriptor per failure mode, a record of the diagnosis) for the run; also writes diagnosis.json."""
     name = args.selector
     if name == "auto":

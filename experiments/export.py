@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default RUN/export)")
     p.add_argument("--random-obs", type=int, default=1000, help="random observations in the parity check (>= 1000)")
     p.add_argument("--bank-obs", type=int, default=1000, help="failure-bank observations in the parity check (>= 1000)")
-    p.add_argument("--tolerance", type=float, default=1e-5, help="max |ONNX - JAX| allowed on any output, times the row's input scale in [1, 10]")
+    p.add_argument("--tolerance", type=float, default=1e-5,
+                   help="max |ONNX - JAX| allowed on any output, times the row's input scale in [1, 10]")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 runs on onnxruntime >= 1.13)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity observations")
     return p

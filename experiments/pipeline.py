@@ -221,7 +221,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     base_rates = [results["modes"][m]["base"]["rate"] for m in usable]
     results["average"] = {"recovla": float(np.mean(rates)), "base": float(np.mean(base_rates))}
     results["pooled"] = {arm: _pooled([results["modes"][m][arm] for m in usable]) for arm in ("recovla", "base")}
-    results["eval_conditions"] = {"states": "held-out failure-bank states (never trained on)", "episode_length": args.episode_length,
+    results["eval_conditions"] = {"states": "held-out failure-bank states (never trained on)",
+                                  "episode_length": args.episode_length,
                                   "domain_randomization": eval_random is not None, "obs_noise": args.obs_noise,
                                   "latency_prob": args.latency_prob, "start_jitter_m": eval_env.start_noise,
                                   "hand_back": hand_back, "hand_back_delay": delay,

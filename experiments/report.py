@@ -136,7 +136,8 @@ class Table:
 
     def methods(self) -> list[str]:
         """Every column of the issue's table, present or not (missing ones read "—"); one per ReCoVLA selector."""
-        present = {m for t in self.tasks.values() for (_, m) in t["cells"]} | {m for t in self.tasks.values() for m in t["nominal"]}
+        present = ({m for t in self.tasks.values() for (_, m) in t["cells"]}
+                   | {m for t in self.tasks.values() for m in t["nominal"]})
         recovla = sorted(m for m in present if m.startswith("recovla-"))
         if not recovla:
             recovla = ["recovla"]

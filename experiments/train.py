@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     # -0.5 = PPOConfig's default, written out so --help stays free of JAX imports (a test pins the two together)
     p.add_argument("--init-log-std", type=float, default=-0.5,
                    help="initial log std of the residual's exploration noise (before tanh and alpha)")
-    p.add_argument("--candidates", type=int, default=None, help="injected candidates per failure mode (default 1024 CPU, 8192 GPU)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="injected candidates per failure mode (default 1024 CPU, 8192 GPU)")
     p.add_argument("--min-heldout", type=int, default=None,
                    help="inject more candidates of a mode (beyond --candidates) until its held-out split holds this "
                         "many base failures (default 200: the evaluation table asks for n >= 200 per cell; 0: off)")

@@ -96,7 +96,8 @@ def test_dagger_rounds_drive_under_latency_noise_and_randomized_dynamics():
     from recovla_jax.tasks import get_task
 
     task = get_task("drawer", {"episode_length": 4})
-    push_x = BasePolicy("push_x", lambda params, obs: jnp.zeros(obs.shape[:-1] + (7,)).at[..., 0].set(1.0).at[..., 6].set(-1.0), {}, {})
+    push_x = BasePolicy("push_x", lambda params, obs: jnp.zeros(obs.shape[:-1] + (7,)).at[..., 0].set(1.0).at[..., 6].set(-1.0),
+                        {}, {})
     obs, _, _ = collect_demos(task, BCConfig(demo_envs=8, dagger_rounds=1, dagger_latency_prob=1.0), jax.random.PRNGKey(0),
                               learner=push_x, num_episodes=8)
     x = obs[:, 0].reshape(4, 8)  # time-major TCP x

@@ -178,8 +178,10 @@ def test_render_backend_error_names_backends_and_fix(drawer_task, monkeypatch):
         raise RuntimeError("eglInitialize failed")
 
     monkeypatch.setattr(render.mujoco, "Renderer", broken)
-    monkeypatch.setattr(render, "_probe_backends", lambda exclude: {"osmesa": "fails (no libOSMesa)", "glfw": "fails (no display)"})
-    with pytest.raises(RenderBackendError, match=r"Tried: MUJOCO_GL=egl: fails .*eglInitialize.*osmesa.*glfw.*Fix: install Mesa's EGL"):
+    monkeypatch.setattr(render, "_probe_backends",
+                        lambda exclude: {"osmesa": "fails (no libOSMesa)", "glfw": "fails (no display)"})
+    with pytest.raises(RenderBackendError,
+                       match=r"Tried: MUJOCO_GL=egl: fails .*eglInitialize.*osmesa.*glfw.*Fix: install Mesa's EGL"):
         FrameRenderer(drawer_task.mj_model)
     with pytest.raises(ValueError, match="not in the scene"):
         FrameRenderer(drawer_task.mj_model, cameras=("front", "nope"))
@@ -212,7 +214,8 @@ def test_rules_accuracy_floor_from_observation_only(drawer_task, labelled_bank):
 def test_oracle_reads_label_and_needs_it(drawer_task, labelled_bank):
     sel = make_selector("oracle", drawer_task)
     r = sel.diagnose(drawer_task, _observation(drawer_task, labelled_bank, 0))
-    assert r.descriptor.source == "oracle" and r.descriptor.failure_mode == drawer_task.failure_modes[labelled_bank.arrays["mode"][0]]
+    assert (r.descriptor.source == "oracle"
+            and r.descriptor.failure_mode == drawer_task.failure_modes[labelled_bank.arrays["mode"][0]])
     with pytest.raises(ValueError, match="privileged"):
         sel.diagnose(drawer_task, FailureObservation(images={}, obs=labelled_bank.arrays["obs"][0]))
 
@@ -296,7 +299,8 @@ def test_gemini_good_answer_and_request_shape(drawer_task, labelled_bank, frames
     d, rec = result.descriptor, result.record
     assert d.source == "gemini" and d.failure_mode == "missed_handle" and d.recovery_stage == "reopen"
     assert d.reward_mask == task.oracle_masks["missed_handle"]
-    assert not rec.fallback_used and rec.attempts == 1 and rec.errors == [] and json.loads(rec.raw_text)["failure_mode"] == "missed_handle"
+    assert (not rec.fallback_used and rec.attempts == 1 and rec.errors == []
+            and json.loads(rec.raw_text)["failure_mode"] == "missed_handle")
 
     (req,) = gemini_server.requests
     assert req["path"].endswith("/models/gemini-2.5-flash:generateContent")
@@ -643,7 +647,8 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
                 "--checkpoint-every=1", "--expert-warm-start=1"])
     results = json.loads((run / "results.json").read_text())
     # one DAgger round: the expert-guided rollouts, the fit's own, the fresh policy's and the fit sampled with PPO's
-    # noise, 512 envs x 20 steps each, counted (neither succeeds within 20 steps, so the fit is kept); the warm start switched PPO's adaptive learning rate on
+    # noise, 512 envs x 20 steps each, counted (neither succeeds within 20 steps, so the fit is kept); the warm start
+    # switched PPO's adaptive learning rate on
     config = json.loads((run / "config.json").read_text())
     assert config["desired_kl"] == 0.01 and config["freeze_normalizer"] is True
     warm = results["expert_warm_start"]
@@ -665,10 +670,12 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
 
     record = baselines_main([f"--run={run}", "--method=finetune", "--nominal-episodes=2"])
     out = run / "baselines" / "finetune"
-    assert record["budget"]["budget_matches_run"] and record["modes"]["missed_handle"]["policy"]["trials"] == cell["heldout_states"]
+    assert (record["budget"]["budget_matches_run"]
+            and record["modes"]["missed_handle"]["policy"]["trials"] == cell["heldout_states"])
     assert record["nominal"]["policy"]["trials"] == record["nominal"]["base"]["trials"] == 2
     ft_metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["iteration"] for m in ft_metrics] == [1, 2] and json.loads((out / "results.json").read_text())["method"] == "finetune"
+    assert ([m["iteration"] for m in ft_metrics] == [1, 2]
+            and json.loads((out / "results.json").read_text())["method"] == "finetune")
     assert all("learning_rate" in m for m in ft_metrics)  # the run's adaptive learning rate, too
     # the baseline got the run's supervision: the same warm start, on the whole action
     assert record["label"].endswith(", expert warm start") and set(record["expert_warm_start"]["policies"]) == {"missed_handle"}

@@ -197,8 +197,8 @@ def test_path_eval_groups_path_states_by_step_and_refuses_runs_without_paths(fak
     shutil.copytree(fake_run, run)
     bank = FailureBank.load(run / "bank")
     n = len(bank)
-    arrays = {**bank.arrays, "split": np.zeros(n, np.int32), "path_step": np.where(np.arange(n) % 3 == 0, 10, 20).astype(np.int32),
-              "origin": np.arange(n)}
+    arrays = {**bank.arrays, "split": np.zeros(n, np.int32),
+              "path_step": np.where(np.arange(n) % 3 == 0, 10, 20).astype(np.int32), "origin": np.arange(n)}
     FailureBank(bank.task, bank.modes, bank.stages, arrays, {"horizon": 30, "stride": 10}).save(run / "expert_paths")
     with pytest.raises(SystemExit, match="--mode: \\['nope'\\] has no trained policy"):
         main([f"--run={run}", "--mode=nope"])

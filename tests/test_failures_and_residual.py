@@ -246,8 +246,9 @@ def test_expert_path_states_lie_on_the_experts_recovery_and_start_weights_pick_t
     env = ResidualEnv(drawer_task, drawer_base_policy, starts, comp, start_noise=0.0, obs_noise=0.0, latency_prob=0.0,
                       start_weights=one_hot)
     resets = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(5), 16))
-    np.testing.assert_allclose(np.asarray(resets.pipeline_state.qpos), np.broadcast_to(starts.arrays["qpos"][len(train) + 1],
-                                                                                      (16, starts.arrays["qpos"].shape[1])), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(resets.pipeline_state.qpos),
+                               np.broadcast_to(starts.arrays["qpos"][len(train) + 1], (16, starts.arrays["qpos"].shape[1])),
+                               atol=1e-6)
     with pytest.raises(ValueError, match="start_weights must be"):
         ResidualEnv(drawer_task, drawer_base_policy, starts, comp, start_weights=np.ones(3))
 

@@ -42,7 +42,8 @@ def _main_run(root: Path, name: str, *, selector: str, mask: str = "selected", r
 def fixture_runs(tmp_path):
     base = {m: _w(1, 20) for m in MODES}
     main = _main_run(tmp_path, "recovla", selector="auto", resolved="rules",
-                     recovla={"missed_handle": _w(15, 20), "slipped_off": _w(10, 20), "misaligned_gripper": _w(20, 20)}, base=base)
+                     recovla={"missed_handle": _w(15, 20), "slipped_off": _w(10, 20), "misaligned_gripper": _w(20, 20)},
+                     base=base)
     budget = {"num_envs": 128, "timesteps_per_policy": 250_000, "budget_matches_run": True}
     _write(main / "baselines" / "finetune" / "results.json", {
         "method": "finetune", "budget": budget, "device": {"platform": "cpu"},
@@ -203,7 +204,8 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     assert all(str(out / "drawer" / r) in cmds[-1] for r in ("recovla", "oracle-mask", "wrong-mask"))
     # the exact order: runs before their consumers
     order = [s.name for s in steps]
-    assert order.index("drawer: ReCoVLA (selector auto)") < order.index("drawer: baseline finetune") < order.index("results table")
+    assert (order.index("drawer: ReCoVLA (selector auto)") < order.index("drawer: baseline finetune")
+            < order.index("results table"))
 
     full = benchmark_suite.build_steps(["drawer"], out, "full")
     assert not any("--timesteps" in " ".join(s.argv) for s in full)
@@ -289,7 +291,8 @@ def test_baselines_budget_and_conditions(tmp_path):
     from experiments.baselines import hand_back_kwargs
 
     assert hand_back_kwargs(cond) == {"hand_back": False, "hand_back_delay": 0}
-    delayed = eval_conditions({**info["config"], "hand_back": True, "hand_back_delay": 50}, {"eval_conditions": {"hand_back": True}})
+    delayed = eval_conditions({**info["config"], "hand_back": True, "hand_back_delay": 50},
+                              {"eval_conditions": {"hand_back": True}})
     assert hand_back_kwargs(delayed) == {"hand_back": True, "hand_back_delay": 50}
 
 
@@ -359,7 +362,8 @@ def test_summary_names_hand_back_and_expert_path_starts():
     assert infer_run_method({"selector": "rules", "expert_warm_start": 8}, None) == (
         "recovla-rules-warm", "ReCoVLA (rules), expert warm start")
     warm = _protocol_lines({"eval_conditions": {}, "expert_warm_start": {
-        "rounds": 8, "extra_env_steps": 1_000, "policies": {"a": {"start_success": 0.25, "start_success_sampled": 0.125}, "b": {"start_success": None}},
+        "rounds": 8, "extra_env_steps": 1_000,
+        "policies": {"a": {"start_success": 0.25, "start_success_sampled": 0.125}, "b": {"start_success": None}},
         "desired_kl": 0.01, "freeze_normalizer": True}})
     assert len(warm) == 1 and "8 DAgger rounds" in warm[0] and "a 25.0% (12.5% sampling" in warm[0] and "b " not in warm[0]
     assert "KL target of 0.01" in warm[0] and "normaliser was kept fixed" in warm[0]

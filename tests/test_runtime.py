@@ -77,7 +77,8 @@ def test_runtime_losses_split_by_the_runtimes_first_switch():
                 ep("policy", 2, True, "jam"), ep("runtime_rules", 2, False, "jam", None),    # own mode, handed back
                 ep("policy", 3, False, "jam"), ep("runtime_rules", 3, False),                # the policy lost it too
                 ep("policy", 4, True, "jam"), ep("runtime_rules", 4, True, "jam")]           # both won
-    assert runtime_losses(episodes) == {("jam", "runtime_rules"): {"lost": 3, "never_switched": 1, "other_mode": 1, "own_mode": 1}}
+    assert runtime_losses(episodes) == {
+        ("jam", "runtime_rules"): {"lost": 3, "never_switched": 1, "other_mode": 1, "own_mode": 1}}
     assert runtime_losses(episodes[6:]) == {}
 
 
@@ -124,7 +125,8 @@ def test_safety_limits_hold_under_adversarial_residuals(fake_export, caplog):
     bad = [np.full(7, 1e9), np.full(7, np.nan), np.array([np.inf, -np.inf, 0, 0, 0, 0, 1]), np.full(7, -1e30),
            np.random.default_rng(0).normal(size=7) * 1e6, np.array([0, 0, 0, np.nan, 0, 0, 0])]
     rt, _ = _runtime(m, {"missed_handle": StubPolicy(bad)}, base=StubBase([0.9, -0.9, 0.5, 0, 0, 0, 1.0]))
-    cap, lo, hi, mt = m.safety.max_residual_norm, np.array(m.safety.workspace.low), np.array(m.safety.workspace.high), m.action.max_translation
+    cap, lo, hi, mt = (m.safety.max_residual_norm, np.array(m.safety.workspace.low), np.array(m.safety.workspace.high),
+                       m.action.max_translation)
     tcp = (hi + lo) / 2
     with caplog.at_level(logging.WARNING, logger="recovla.runtime"):
         for _ in bad:
@@ -209,7 +211,8 @@ def test_start_diagnosis_switches_at_once_while_later_triggers_still_need_confir
     for _ in range(3):
         rt2.step(_obs(0.0))  # step 9: the confirming call agrees
     sw = [e for e in rt2.events if e.kind == "switch"]
-    assert rt2.mode == "missed_handle" and sw[0].step == 9 and "stall: selector oracle diagnosed missed_handle (2x)" in sw[0].detail["reason"]
+    assert (rt2.mode == "missed_handle" and sw[0].step == 9
+            and "stall: selector oracle diagnosed missed_handle (2x)" in sw[0].detail["reason"])
 
 
 def test_stalled_recovery_without_a_failure_hands_back_or_keeps_driving(fake_export):
@@ -479,7 +482,8 @@ def test_bank_rows_start_the_native_robot_and_other_scenes_are_refused(fake_run)
         robot.reset(row)
     import mujoco
 
-    xml = SCENE.read_text().replace('<body name="cabinet" pos="0 0 0.3" gravcomp="1">', '<body name="cabinet" mocap="true" pos="0 0 0.3">')
+    xml = SCENE.read_text().replace('<body name="cabinet" pos="0 0 0.3" gravcomp="1">',
+                                    '<body name="cabinet" mocap="true" pos="0 0 0.3">')
     xml = "\n".join(line for line in xml.splitlines() if 'name="cab_' not in line or "geom" in line)
     old = mujoco.MjModel.from_xml_string(xml)
     assert old.nmocap == 1

@@ -22,8 +22,8 @@ from recovla_jax.runtime.gripper import GripperIndices
 from recovla_jax.tasks.base import Task
 
 # MjData fields copied into the MJX view each call (kinematics and joint state after `mj_step`).
-VIEW_FIELDS = ("qpos", "qvel", "ctrl", "mocap_pos", "mocap_quat", "xpos", "xquat", "xmat", "xipos", "ximat", "site_xpos", "site_xmat",
-               "geom_xpos", "geom_xmat", "subtree_com")
+VIEW_FIELDS = ("qpos", "qvel", "ctrl", "mocap_pos", "mocap_quat", "xpos", "xquat", "xmat", "xipos", "ximat", "site_xpos",
+               "site_xmat", "geom_xpos", "geom_xmat", "subtree_com")
 
 
 class JaxNativeTask:

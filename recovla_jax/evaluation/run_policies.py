@@ -36,7 +36,8 @@ def load_run_policies(run: Path) -> RunPolicies:
     first = next(iter(bundles.values()))
     hidden = tuple(first["actor"]["hidden"])
     for b in bundles.values():
-        if (b["weights_per_mode"], b["alpha"], tuple(b["actor"]["hidden"])) != (first["weights_per_mode"], first["alpha"], hidden):
+        if ((b["weights_per_mode"], b["alpha"], tuple(b["actor"]["hidden"]))
+                != (first["weights_per_mode"], first["alpha"], hidden)):
             raise SystemExit(f"{run}: policy bundles differ in weights, alpha or network; evaluate them one at a time")
     max_abs = float(first.get("normalizer_max_abs", 10.0))
     normalize = bool(first.get("normalize_obs", True))

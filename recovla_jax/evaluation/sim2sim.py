@@ -154,7 +154,8 @@ class Sim2SimEvaluator:
         selectors: dict[str, Selector] = {"oracle": OracleSelector(self.robot.privileged_mode), "rules": rules}
         self.hand_back = any(p.hand_back for p in manifest.recovery_policies)
         # hand-back policy arm: the state's mode (self.fixed) while the simulator labels any failure, else none
-        gated = FunctionSelector("oracle-gated", lambda obs: self.fixed.label if self.robot.privileged_mode() is not None else None)
+        gated = FunctionSelector("oracle-gated",
+                                 lambda obs: self.fixed.label if self.robot.privileged_mode() is not None else None)
 
         def rt(selector: Selector, monitor: MonitorConfig, enabled: bool = True) -> RecoveryRuntime:
             return RecoveryRuntime(manifest, base, self.library, selector, monitor, safety, clock, enabled)
@@ -313,7 +314,8 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         "",
         "## Recovery from held-out failure states (Wilson 95% CI)",
         "",
-        "| failure mode | MJX base | MJX ReCoVLA | native base | native policy | native runtime (oracle) | native runtime (rules) | gap policy vs MJX |",
+        ("| failure mode | MJX base | MJX ReCoVLA | native base | native policy | native runtime (oracle) "
+         "| native runtime (rules) | gap policy vs MJX |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for m, e in results["modes"].items():
@@ -332,7 +334,8 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         lines += ["", "## Where the runtime loses what the policy alone recovers", "",
                   "Episodes (same state, dynamics and seed) the residual on for the whole episode recovers and the runtime "
                   "does not, by the runtime's first switch; per-episode switches in `episodes.jsonl`.", "",
-                  "| failure mode | runtime arm | lost | never switched | first switch to another mode | switched to the state's mode |",
+                  ("| failure mode | runtime arm | lost | never switched | first switch to another mode "
+                   "| switched to the state's mode |"),
                   "|---|---|---|---|---|---|"]
         for (m, arm), n in lost.items():
             lines.append(f"| {m} | {arm} | {n['lost']} | {n['never_switched']} | {n['other_mode']} | {n['own_mode']} |")

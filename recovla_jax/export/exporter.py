@@ -49,7 +49,8 @@ def random_observations(rng: np.random.Generator, mean: np.ndarray, std: np.ndar
     ~1, see onnx_io), so they are what catches a wrong graph; the bank set covers the far-out states.
     """
     scale = rng.choice([0.5, 1.0, 3.0], size=(n, 1))
-    return (np.asarray(mean, np.float64) + np.asarray(std, np.float64) * scale * rng.standard_normal((n, len(mean)))).astype(np.float32)
+    return (np.asarray(mean, np.float64)
+            + np.asarray(std, np.float64) * scale * rng.standard_normal((n, len(mean)))).astype(np.float32)
 
 
 def normalised_magnitude(mean: np.ndarray | None, std: np.ndarray | None,
@@ -138,7 +139,8 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
     base_params, base_meta = read_base_params(run_dir)
     bp = first["base_policy"]
     if dense_shapes(base_params["net"])[0][0] != obs_size:
-        raise RunDirError(f"base policy takes {dense_shapes(base_params['net'])[0][0]} floats, the task observation has {obs_size}")
+        raise RunDirError(f"base policy takes {dense_shapes(base_params['net'])[0][0]} floats, "
+                          f"the task observation has {obs_size}")
     base_fn = functions.base_policy_fn(base_params, tuple(bp["hidden"]), act["size"])
     import jax
 
@@ -206,8 +208,10 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
             "inputs": [{"name": "residual_obs", "shape": ["batch", res_size],
                         "description": "[task obs, base action, mode one-hot, reward weights] (residual_observation layout)"}],
             "outputs": [
-                {"name": "residual", "shape": ["batch", act["size"]], "description": "alpha-scaled residual, add to the base action"},
-                {"name": "action", "shape": ["batch", act["size"]], "description": "clip(base action + residual, low, high): the executed action"},
+                {"name": "residual", "shape": ["batch", act["size"]],
+                 "description": "alpha-scaled residual, add to the base action"},
+                {"name": "action", "shape": ["batch", act["size"]],
+                 "description": "clip(base action + residual, low, high): the executed action"},
             ],
             "parity": {"tolerance": tolerance, "passed": True, **par},
         })
@@ -216,11 +220,13 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
     cfg = first["task_config"]
     (out_dir / "scene.xml").write_bytes(scene.read_bytes())
     if task_obj.obs_layout() != [f for f in first["residual_obs_layout"] if f["start"] < obs_size]:
-        raise RunDirError(f"the bundle's observation layout differs from task {task!r}'s current one: re-train or export with the matching code")
+        raise RunDirError(f"the bundle's observation layout differs from task {task!r}'s current one: "
+                          "re-train or export with the matching code")
     ctrl_dt = float(first["ctrl_dt"])
     manifest = ExportManifest.model_validate({
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"run_dir": str(run_dir.absolute()), "base_policy_meta": {k: base_meta.get(k) for k in ("name", "cache_key", "nominal_success")}},
+        "source": {"run_dir": str(run_dir.absolute()),
+                   "base_policy_meta": {k: base_meta.get(k) for k in ("name", "cache_key", "nominal_success")}},
         "task": task,
         "instruction": task_obj.instruction,
         "task_config": cfg,

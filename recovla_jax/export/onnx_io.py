@@ -96,7 +96,8 @@ def write_verified(model: onnx.ModelProto, dest: Path, reference: Callable[[np.n
                         f"refusing to write {dest.name}: output {out_name!r} differs from JAX by {err[worst]:.3g} "
                         f"(allowed {allowed[worst]:.3g}: tolerance {tolerance:g} x input scale {scale[worst]:.3g}) "
                         f"on {set_name} observation #{worst} of {len(x)}; "
-                        f"ONNX {np.asarray(got[out_name])[worst].round(6).tolist()} vs JAX {np.asarray(want[out_name])[worst].round(6).tolist()}"
+                        f"ONNX {np.asarray(got[out_name])[worst].round(6).tolist()} "
+                        f"vs JAX {np.asarray(want[out_name])[worst].round(6).tolist()}"
                     )
         os.replace(tmp, dest)
     finally:

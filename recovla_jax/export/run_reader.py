@@ -84,7 +84,8 @@ def read_residual_checkpoint(ckpt_dir: Path, step: int | None = None) -> Residua
     for k in (NORMALIZER_MEAN, NORMALIZER_STD):
         if k not in flat:
             raise RunDirError(f"checkpoint {ckpt_dir}/{step} has no {k!r}")
-    return ResidualCheckpoint(step, actor, np.asarray(flat[NORMALIZER_MEAN], np.float32), np.asarray(flat[NORMALIZER_STD], np.float32))
+    return ResidualCheckpoint(step, actor, np.asarray(flat[NORMALIZER_MEAN], np.float32),
+                              np.asarray(flat[NORMALIZER_STD], np.float32))
 
 
 def dense_shapes(params: dict) -> list[tuple[int, int]]:

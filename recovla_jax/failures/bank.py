@@ -87,7 +87,8 @@ class FailureBank:
         out = {}
         for i, m in enumerate(self.modes):
             sel = self.arrays["mode"] == i
-            out[m] = {"train": int(np.sum(sel & (self.arrays["split"] == 0))), "heldout": int(np.sum(sel & (self.arrays["split"] == 1)))}
+            out[m] = {"train": int(np.sum(sel & (self.arrays["split"] == 0))),
+                      "heldout": int(np.sum(sel & (self.arrays["split"] == 1)))}
         return out
 
     def save(self, directory: Path) -> None:
@@ -131,7 +132,8 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
 
         def body(carry, t):
             s, snap = carry
-            snap = jax.tree.map(lambda a, b: jnp.where((t == t_inject).reshape((-1,) + (1,) * (a.ndim - 1)), a, b), s.pipeline_state, snap)
+            snap = jax.tree.map(lambda a, b: jnp.where((t == t_inject).reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
+                                s.pipeline_state, snap)
             s = jax.vmap(env.step)(s, base(s.obs))
             return (s, snap), None
 

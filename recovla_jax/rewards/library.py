@@ -28,7 +28,8 @@ def component_descriptions(task: Task) -> dict[str, str]:
     return {**task.reward_component_descriptions, **SHARED_COMPONENTS}
 
 
-def raw_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray, info: dict) -> dict[str, jnp.ndarray]:
+def raw_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray,
+              info: dict) -> dict[str, jnp.ndarray]:
     """Every component's raw value at `data` (potentials as Phi(data)), in `component_names` order."""
     terms = dict(task.reward_terms(model, prev, data, action))
     residual = info.get("residual", jnp.zeros_like(action))
@@ -38,7 +39,8 @@ def raw_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, acti
     return {name: jnp.asarray(terms[name], jnp.float32) for name in component_names(task)}
 
 
-def reward_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray, info: dict) -> dict[str, jnp.ndarray]:
+def reward_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray,
+                 info: dict) -> dict[str, jnp.ndarray]:
     """Each component's contribution to this step's reward, in `component_names` order.
 
     Potential components (`task.potential_components`) contribute Phi(data) - Phi(prev); the rest their

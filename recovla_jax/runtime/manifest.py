@@ -44,7 +44,8 @@ class ObservationSpec(_Strict):
         pos = 0
         for f in self.fields:
             if f.start != pos:
-                raise ValueError(f"observation field {f.name!r} starts at {f.start}, expected {pos} (fields must be contiguous, in order)")
+                raise ValueError(f"observation field {f.name!r} starts at {f.start}, expected {pos} "
+                                 "(fields must be contiguous, in order)")
             pos += f.size
         if pos != self.size:
             raise ValueError(f"observation fields cover {pos} floats but the observation size is {self.size}")
@@ -144,7 +145,8 @@ class RecoveryPolicyEntry(ModelFile):
     hand_back_delay: int = Field(0, ge=0, description="steps a hand-back policy keeps control after the failure clears")
     checkpoint_step: int
     descriptors: dict[str, dict]
-    descriptor_features: dict[str, list[float]] = Field(description="mode -> [one-hot, reward weights] block of the residual observation")
+    descriptor_features: dict[str, list[float]] = Field(
+        description="mode -> [one-hot, reward weights] block of the residual observation")
     formula: str
 
 
@@ -208,11 +210,13 @@ class ExportManifest(_Strict):
         obs, res, act = self.observation.size, self.residual_observation.size, self.action.size
         _check_io(self.base_policy, "base policy", obs, act)
         self.observation.index(self.progress.field)
-        if self.observation.index(self.safety.workspace_field).stop - self.observation.index(self.safety.workspace_field).start != 3:
+        if (self.observation.index(self.safety.workspace_field).stop
+                - self.observation.index(self.safety.workspace_field).start != 3):
             raise ValueError(f"safety.workspace_field {self.safety.workspace_field!r} must be a 3-float observation field")
         first = self.residual_observation.fields[0]
         if first.start != 0 or res < obs + act:
-            raise ValueError(f"residual observation (size {res}) must start with the task observation ({obs}) and base action ({act})")
+            raise ValueError(f"residual observation (size {res}) must start with the task observation ({obs}) "
+                             f"and base action ({act})")
         names = set()
         for p in self.recovery_policies:
             if p.name in names:
@@ -273,5 +277,6 @@ def load_manifest(directory: Path, verify_files: bool = True) -> ExportManifest:
                 raise ManifestError(f"{path}: model file {entry.file} is missing")
             digest = sha256_file(f)
             if digest != entry.sha256:
-                raise ManifestError(f"{path}: sha256 of {entry.file} is {digest}, manifest says {entry.sha256} (file changed after export)")
+                raise ManifestError(f"{path}: sha256 of {entry.file} is {digest}, manifest says {entry.sha256} "
+                                    "(file changed after export)")
     return manifest

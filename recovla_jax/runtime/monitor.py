@@ -25,14 +25,16 @@ class MonitorConfig(BaseModel):
 
     check_on_start: bool = True
     check_every: int = Field(10, ge=0, description="periodic selector check every N control steps (0: off)")
-    periodic_requires_stall: bool = Field(True, description="skip periodic checks while progress moved in the last check_every steps")
+    periodic_requires_stall: bool = Field(
+        True, description="skip periodic checks while progress moved in the last check_every steps")
     confirm_checks: int = Field(2, ge=1, description="same diagnosis this many times in a row before switching")
     confirm_every: int = Field(3, ge=1, description="steps between confirming selector calls")
     # The episode's first diagnosis sees the robot at rest in the state it was handed, not mid-motion, so the
     # transient labels that `confirm_checks` filters are not its risk; the steps the base drives while waiting
     # are: on peg_insert jammed_halfway (native MuJoCo) three base steps un-wedged the label but not the peg,
     # and the runtime never switched in 6 of 80 episodes the residual alone recovers.
-    start_confirm_checks: int = Field(1, ge=1, description="same diagnosis this many times in a row before switching on the start trigger")
+    start_confirm_checks: int = Field(
+        1, ge=1, description="same diagnosis this many times in a row before switching on the start trigger")
     stall_steps: int = Field(25, ge=1, description="no progress for this many steps triggers a diagnosis")
     progress_eps: float = Field(0.002, gt=0, description="progress increase that counts as progress")
     timeout_steps: int = Field(0, ge=0, description="diagnose once when the task is not done after N steps (0: off)")

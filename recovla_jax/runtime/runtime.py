@@ -221,6 +221,7 @@ class RecoveryRuntime:
         return {"steps": self.t, "mode": self.mode, "events": kinds, **self.counts}
 
 
-def build_runtime(directory: str | Path, manifest: ExportManifest, base: BasePolicySource, selector: Selector, **kw) -> RecoveryRuntime:
+def build_runtime(directory: str | Path, manifest: ExportManifest, base: BasePolicySource, selector: Selector,
+                  **kw) -> RecoveryRuntime:
     """Convenience: a runtime with the manifest's recovery library (one ONNX session per policy)."""
     return RecoveryRuntime(manifest, base, PolicyLibrary(directory, manifest), selector, **kw)

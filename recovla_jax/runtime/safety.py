@@ -50,7 +50,8 @@ class SafetyFilter:
     def hold(self, grip: float) -> np.ndarray:
         return hold_action(float(np.clip(grip, self.cfg.action_low, self.cfg.action_high)))
 
-    def apply(self, state: np.ndarray, base: np.ndarray, residual: np.ndarray | None, hold_grip: float) -> tuple[np.ndarray, list[str]]:
+    def apply(self, state: np.ndarray, base: np.ndarray, residual: np.ndarray | None,
+              hold_grip: float) -> tuple[np.ndarray, list[str]]:
         """(safe action, names of the interventions made)."""
         c, notes = self.cfg, []
         base = np.asarray(base, float)

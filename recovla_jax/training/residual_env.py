@@ -70,7 +70,8 @@ class ResidualEnv(TaskEnv):
         n_modes = len(task.failure_modes)
         weights_per_mode = np.asarray(weights_per_mode, np.float32)
         if weights_per_mode.shape != (n_modes, len(component_names(task))):
-            raise ValueError(f"weights_per_mode must have shape {(n_modes, len(component_names(task)))}, got {weights_per_mode.shape}")
+            raise ValueError(f"weights_per_mode must have shape {(n_modes, len(component_names(task)))}, "
+                             f"got {weights_per_mode.shape}")
         self.base = base
         self.alpha = float(alpha)
         self.start_noise = float(start_noise)

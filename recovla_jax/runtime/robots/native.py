@@ -33,8 +33,10 @@ class NativeDynamics(BaseModel):
     damping: Range = (0.8, 1.2)
     actuator_gain: Range = (0.85, 1.15)
     obs_noise_std: float = Field(0.001, ge=0.0, description="Gaussian noise on every observation float (m, m/s, or unitless)")
-    action_latency_steps: tuple[int, int] = Field((0, 1), description="actions execute this many control steps late (drawn per episode, inclusive)")
-    start_noise: float = Field(0.005, ge=0.0, description="uniform gripper position jitter (m) on failure-bank starts, as ResidualEnv")
+    action_latency_steps: tuple[int, int] = Field(
+        (0, 1), description="actions execute this many control steps late (drawn per episode, inclusive)")
+    start_noise: float = Field(
+        0.005, ge=0.0, description="uniform gripper position jitter (m) on failure-bank starts, as ResidualEnv")
 
     @model_validator(mode="after")
     def _check(self) -> "NativeDynamics":

@@ -221,6 +221,9 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
                                                                           if "--hand-back" in c)
     reduced = benchmark_suite.main(["--dry-run", "--budget=reduced", "--tasks", "peg_insert", f"--out={out}"])
     assert all("--expert-warm-start=1" in " ".join(s.argv) for s in reduced if "experiments.train" in s.argv)
+    # pick_place recovers over 160 steps (the scripted expert's missed_grasp recovery needs more than 80)
+    pick = benchmark_suite.main(["--dry-run", "--budget=full", "--tasks", "pick_place", f"--out={out}"])
+    assert all("--episode-length=160" in " ".join(s.argv) for s in pick if "experiments.train" in s.argv)
     bare = benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--no-task-args"])
     assert not any("--expert-warm-start" in " ".join(s.argv) for s in bare)
     with pytest.raises(SystemExit, match="--train-arg: task.*peg_insert"):

@@ -19,10 +19,10 @@ from experiments.arg_types import fraction, non_negative_float
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
-# PPO's KL target after an expert warm start (pick_place dropped_in_transit, README "Expert warm start").
+# PPO's KL target after an expert warm start (pick_place dropped_in_transit, docs/experiments.md "Expert warm start").
 WARM_START_DESIRED_KL = 0.01
 # Off by default: pick_place's missed_grasp (expert-guided residual 47.1% of train states) reached 34.3% warm-started and
-# 0.0% with plain PPO at the same alpha 2 (78.3% at alpha 1). README "Which policies to warm-start".
+# 0.0% with plain PPO at the same alpha 2 (78.3% at alpha 1). docs/experiments.md "Which policies to warm-start".
 WARM_START_MIN_TEACHER = 0.0
 
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "fit the critic to the fitted policy's returns, then run PPO as usual; the expert reads privileged "
                         "simulator state; its extra rollouts are counted in results.json; evaluation is unchanged (0: off). "
                         f"It switches --desired-kl ({WARM_START_DESIRED_KL}) and --freeze-normalizer on unless given: without "
-                        "them PPO undid the fit (pick_place, README)")
+                        "them PPO undid the fit (pick_place, docs/experiments.md)")
     # -3.0 = WarmStartConfig's default, written out so --help stays free of JAX imports (a test pins the two together)
     p.add_argument("--warm-start-log-std", type=float, default=-3.0,
                    help="with --expert-warm-start: PPO's initial exploration log-std (instead of --init-log-std); wider "
@@ -139,7 +139,7 @@ def reward_weight_arg(text: str) -> tuple[str, float]:
 
 def apply_warm_start_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults that depend on --expert-warm-start: PPO then runs with the adaptive learning rate and keeps the warm
-    start's normaliser, which together keep its narrow-noise fit (README "Expert warm start"). config.json records
+    start's normaliser, which together keep its narrow-noise fit (docs/experiments.md "Expert warm start"). config.json records
     the values used, so a resume and the run's baselines train the same way."""
     warm = args.expert_warm_start > 0
     # What a policy that `--warm-start-min-teacher` leaves to plain PPO trains with: the values given, else the

@@ -31,7 +31,7 @@ What it does, per policy, before PPO's first iteration:
    start's normaliser (`PPOConfig.freeze_normalizer`), both measured below. Evaluation still uses held-out
    failure states only; the expert is never queried there.
 
-Measured (pick_place dropped_in_transit, README "Expert warm start"): a fit that succeeds from 27.5% of
+Measured (pick_place dropped_in_transit, docs/experiments.md "Expert warm start"): a fit that succeeds from 27.5% of
 train states succeeds from 26.6% when its actions are sampled at log-std -3.5, 17.4% at -2.5 and 2.1% at
 -1.5 (domain randomization costs under one point), hence the default -3. With that narrow noise a fixed
 learning rate moves the policy far in KL at every update and PPO still undoes the fit (3e-4: 3.3% held-out;

@@ -21,10 +21,10 @@ settings of each task's best measured run in the README's Results (peg_insert: `
 pick_place: the same with 160-step recoveries, `--episode-length=160`, 78.3% against 60.0% at the task's 80 steps,
 session 20: from a missed grasp the scripted expert recovers 41% in 80 steps and 97% in 200; stack: `--alpha=2
 --expert-warm-start=3` on the whole episode, 84.1% against 37.3% with `--hand-back`, session 19; the drawer keeps
-the defaults); `--train-arg TASK:ARG` (repeatable) adds one for
-a task, `--no-task-args` drops the defaults. They go to all three main-job runs of the task; the baselines read
-them from the run's config.json, so they follow. The reduced budget keeps one warm-start round
-(`--expert-warm-start=1`): the warm start's rollouts do not shrink with the budget (512 per round).
+the defaults); `--train-arg TASK:ARG` (repeatable) adds one for a task, `--no-task-args` drops the defaults. They
+go to all three main-job runs of the task; the baselines read them from the run's config.json, so they follow.
+The reduced budget keeps one warm-start round (`--expert-warm-start=1`): the warm start's rollouts do not shrink
+with the budget (512 per round).
 
 Budgets: `full` = the main job's defaults (4096 envs, 20M env steps per policy on GPU/TPU; 128 envs, 1M
 on CPU), all held-out and 100 nominal states in sim-to-sim. `reduced` = 64 envs, 40k env steps per policy,

@@ -179,7 +179,10 @@ def train_policy(name: str, label: str, trainer: Any, ppo_cfg: Any, *, console: 
     from recovla_jax.training.ppo import train
 
     curve: list[dict] = []
+    logged = logged_curve(sink.path, name) if resume and sink is not None else []
     with TrainingProgress(console, label, ppo_cfg.num_iterations, disable=disable_progress) as bar:
+        bar.replay(logged)
+
         def on_metrics(it: int, m: dict) -> None:
             curve.append(m)
             bar.update(it, m)
@@ -189,7 +192,7 @@ def train_policy(name: str, label: str, trainer: Any, ppo_cfg: Any, *, console: 
         ts, _ = train(trainer, ppo_cfg, resume=resume, checkpoint_dir=checkpoint_dir, on_metrics=on_metrics,
                       warm_start=warm_start)
     if resume and sink is not None:
-        curve = resumed_curve(logged_curve(sink.path, name), curve)
+        curve = resumed_curve(logged, curve)
     return ts, curve
 
 

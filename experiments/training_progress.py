@@ -65,6 +65,12 @@ class TrainingProgress:
         ret, succ = self.recent.means()
         self.progress.update(self.bar, completed=iteration, sps=metrics["sps"], ret=ret, succ=succ, n=self.recent.count)
 
+    def replay(self, logged: list[dict]) -> None:
+        """Start a resumed policy's bar where its logged iterations left it (position, recent episodes) instead of
+        at 0 of N with no episodes: a policy already finished runs no iteration and would show only that."""
+        for metrics in logged:
+            self.update(int(metrics["iteration"]), metrics)
+
     def __exit__(self, *exc) -> bool:
         self.progress.stop()
         return False

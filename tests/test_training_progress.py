@@ -31,3 +31,12 @@ def test_training_progress_bar_shows_the_pooled_rate():
         bar.update(2, _m(3, success=0.0))
         task = bar.progress.tasks[0]
         assert task.fields["succ"] == 0.25 and task.fields["n"] == 4 and task.completed == 2
+
+
+def test_a_resumed_bar_starts_where_the_logged_iterations_left_it():
+    console = Console(record=True, width=200, force_terminal=False)
+    logged = [{"iteration": i, **_m(2, success=1.0 if i == 2 else 0.0)} for i in (1, 2)]
+    with TrainingProgress(console, "mode", total=3) as bar:
+        bar.replay(logged)
+        task = bar.progress.tasks[0]
+        assert task.completed == 2 and task.fields["n"] == 4 and task.fields["succ"] == 0.5

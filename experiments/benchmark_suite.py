@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> list[Step]:
     budget, why = resolve_budget(args.budget)
     tasks = args.tasks or default_tasks()
     per_task = task_train_args(tasks, args.train_arg, use_defaults=not args.no_task_args)
+    per_task_evaluate = {} if args.no_task_args else TASK_EVALUATE_ARGS
     steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance,
-                        per_task, {} if args.no_task_args else None)
+                        per_task, per_task_evaluate)
     python = sys.executable
     if budget == "reduced":
         print(f"benchmark suite: REDUCED budget ({why}): {' '.join(REDUCED['train'])} per main-job run, "
@@ -193,8 +194,8 @@ def main(argv: list[str] | None = None) -> list[Step]:
     for t, extra in per_task.items():
         if extra:
             print(f"{t}: main-job runs with {' '.join(extra)}")
-        if not args.no_task_args and TASK_EVALUATE_ARGS.get(t):
-            print(f"{t}: sim-to-sim with {' '.join(TASK_EVALUATE_ARGS[t])}")
+        if per_task_evaluate.get(t):
+            print(f"{t}: sim-to-sim with {' '.join(per_task_evaluate[t])}")
     for i, s in enumerate(steps, 1):
         print(f"[{i:2d}] {s.name}\n     {s.shell(python)}")
     if args.dry_run:

@@ -488,6 +488,14 @@ def test_expert_warm_start_narrows_exploration_noise_that_erases_the_fit(drawer_
     expected = cfg.learning_rate * np.exp(report.start_log_std - cfg.init_log_std)
     assert report.start_learning_rate == pytest.approx(expected)
     assert float(ts.opt_state[1].hyperparams["learning_rate"]) == pytest.approx(expected, rel=1e-5)
+    # min_log_std bounds the narrowing (narrower noise froze PPO): with no room below the start, PPO starts at the
+    # start noise though it loses the fit, and the log says so
+    lines.clear()
+    _, capped = warm_start(trainer, trainer.init(jax.random.PRNGKey(0)), env, ws.model_copy(update={"min_log_std": 1.0}),
+                           log=lines.append)
+    assert [c["log_std"] for c in capped.noise_checks] == [1.0] and capped.start_log_std == 1.0
+    assert any("the narrowest tried, WarmStartConfig.min_log_std" in line for line in lines)
+    assert WarmStartConfig().min_log_std == -4.0
 
 
 def test_recovery_evaluator_keys_each_state_by_its_bank_row(drawer_task, drawer_env, drawer_base_policy):

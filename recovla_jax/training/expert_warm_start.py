@@ -23,9 +23,11 @@ What it does, per policy, before PPO's first iteration:
    normaliser it was fitted under). That fit is rolled out once more sampling actions as PPO will, with
    `log_std` noise (its success is reported: noise that is too wide erases the fit); while the noise loses
    over half of the fit's success it is narrowed by one (to `min_log_std` at most) and tried again
-   (peg_insert, 2 mm clearance: a fit with 56.2% own success kept 0.0% at -3). The critic is fitted to the
-   discounted returns of the compiled (masked) reward along the last of those rollouts, so PPO's first
-   advantages are not those of a random critic.
+   (peg_insert, 2 mm clearance: a fit with 56.2% own success kept 0.0% at -3). The narrowest is -4: PPO's
+   learning rate scales with the noise (point 4), and at -5 (3e-6) it froze that fit (training success 57% -> 69%
+   in 1M steps) where at -4, starting from a third of the fit's success, it reached 84% (docs/experiments.md,
+   session 22). The critic is fitted to the discounted returns of the compiled (masked) reward along the last
+   of those rollouts, so PPO's first advantages are not those of a random critic.
 4. PPO then starts from these parameters with the chosen exploration noise and trains on the run's reward as
    always; `train` runs it with the adaptive learning rate (`PPOConfig.desired_kl`) and keeps the warm
    start's normaliser (`PPOConfig.freeze_normalizer`), both measured below. Evaluation still uses held-out
@@ -78,8 +80,9 @@ class WarmStartConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     log_std: float = Field(-3.0, description="PPO's initial exploration log-std after the warm start (pre-tanh): the "
                            "widest tried; -1.5 erased a fit's success (module docstring)")
-    min_log_std: float = Field(-6.0, description="the narrowest log-std tried: while sampling loses over half of the "
-                               "fit's success the noise is narrowed by one (e**-1) down to this")
+    min_log_std: float = Field(-4.0, description="the narrowest log-std tried: while sampling loses over half of the "
+                               "fit's success the noise is narrowed by one (e**-1) down to this; narrower noise froze "
+                               "PPO (module docstring)")
     compare_fresh: bool = Field(True, description="also roll out the fresh policy PPO would otherwise start from "
                                 "(`fresh_success_sampled`, for `train --warm-start-fallback`)")
     seed: int = 0

@@ -341,7 +341,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
             log_std=float(config["warm_start_log_std"]), seed=int(config["seed"]), min_teacher=0.0, fallback=False,
             log=log, reports=warm_reports, name=name, report_path=out / "warm_start" / f"{name}.json",
             resuming=bool(args.resume) and has_checkpoint(ckpt_dir),
-            follow=json.loads(run_report.read_text()) if run_report.exists() else {})
+            follow=json.loads(run_report.read_text()) if run_report.exists() else {},
+            fit_steps=int(config["warm_start_fit_steps"]))
         ts, record["curves"][name] = train_policy(name, f"{args.method}/{name}", trainer, policy_cfg, console=console,
                                                   sink=sink, checkpoint_dir=ckpt_dir, resume=args.resume,
                                                   warm_start=warm)

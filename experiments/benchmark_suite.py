@@ -24,9 +24,8 @@ session 20: from a missed grasp the scripted expert recovers 41% in 80 steps and
 the defaults); `--train-arg TASK:ARG` (repeatable) adds one for a task, `--no-task-args` drops the defaults. They
 go to all three main-job runs of the task; the baselines read them from the run's config.json, so they follow.
 The reduced budget keeps one warm-start round (`--expert-warm-start=1`): the warm start's rollouts do not shrink
-with the budget (512 per round). `TASK_EVALUATE_ARGS` holds a task's sim-to-sim options: stack's runtime keeps a
-stalled recovery policy driving (`--stall-without-failure=keep`, 83.3% against 67.0%, session 19); `--no-task-args`
-drops them too.
+with the budget (512 per round). Sim-to-sim runs every task with the runtime's defaults (since session 23 a
+stalled recovery keeps its policy driving when the selector sees no failure: stack 83.3% against 67.0%, session 19).
 
 Budgets: `full` = the main job's defaults (4096 envs, 20M env steps per policy on GPU/TPU; 128 envs, 1M
 on CPU), all held-out and 100 nominal states in sim-to-sim. `reduced` = 64 envs, 40k env steps per policy,
@@ -52,9 +51,6 @@ TASK_TRAIN_ARGS: dict[str, tuple[str, ...]] = {"pick_place": ("--alpha=2", "--ex
                                                                "--episode-length=160"),
                                                 "stack": ("--alpha=2", "--expert-warm-start=3"),
                                                 "peg_insert": ("--alpha=2", "--expert-warm-start=24")}
-# The runtime's rule for a recovery that stalls while the selector sees no failure: stack's whole-episode residuals
-# lost most runtime episodes when it handed them back to the base (67.0% against 83.3% with keep, session 19).
-TASK_EVALUATE_ARGS: dict[str, tuple[str, ...]] = {"stack": ("--stall-without-failure=keep",)}
 REDUCED_WARM_START = "--expert-warm-start=1"  # a smoke run: one DAgger round instead of the table's
 
 
@@ -83,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-arg", action="append", default=[], type=task_train_arg, metavar="TASK:ARG",
                    help="an experiments.train option for TASK's main-job runs, e.g. stack:--hand-back-delay=50 (repeatable)")
     p.add_argument("--no-task-args", action="store_true",
-                   help=f"drop the per-task defaults {TASK_TRAIN_ARGS} and sim-to-sim's {TASK_EVALUATE_ARGS}")
+                   help=f"drop the per-task defaults {TASK_TRAIN_ARGS}")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--skip-existing", action="store_true", help="skip steps whose output already exists (resume a suite)")
     p.add_argument("--keep-going", action="store_true", help="run the remaining steps (and the report) after a failure")
@@ -128,13 +124,11 @@ def default_tasks() -> list[str]:
 
 def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto", seed: int = 0,
                 sim2sim_arm: str = "runtime_rules", export_tolerance: float | None = None,
-                train_args: dict[str, list[str]] | None = None,
-                evaluate_args: dict[str, tuple[str, ...]] | None = None) -> list[Step]:
+                train_args: dict[str, list[str]] | None = None) -> list[Step]:
     """Every command of the suite, in order (see the module docstring); `train_args[task]` go to its main-job runs
-    (default: `TASK_TRAIN_ARGS`), `evaluate_args[task]` to its sim-to-sim evaluation (default: `TASK_EVALUATE_ARGS`)."""
+    (default: `TASK_TRAIN_ARGS`)."""
     b = REDUCED if budget == "reduced" else FULL
     train_args = task_train_args(tasks, []) if train_args is None else train_args
-    evaluate_args = TASK_EVALUATE_ARGS if evaluate_args is None else evaluate_args
     steps: list[Step] = []
     runs: list[Path] = []
     for task in tasks:
@@ -165,8 +159,7 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
                  + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]),
                  main / "export" / "manifest.json"),
             Step(f"{task}: zero-shot sim-to-sim of ReCoVLA", ["-m", "experiments.evaluate", f"--run={main}", "--backend=mujoco",
-                                                               f"--seed={seed}", *b["sim2sim"],
-                                                               *evaluate_args.get(task, ())],
+                                                               f"--seed={seed}", *b["sim2sim"]],
                  main / "sim2sim" / "sim2sim.json"),
         ]
         runs += [main, oracle, wrong]
@@ -180,9 +173,8 @@ def main(argv: list[str] | None = None) -> list[Step]:
     budget, why = resolve_budget(args.budget)
     tasks = args.tasks or default_tasks()
     per_task = task_train_args(tasks, args.train_arg, use_defaults=not args.no_task_args)
-    per_task_evaluate = {} if args.no_task_args else TASK_EVALUATE_ARGS
     steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance,
-                        per_task, per_task_evaluate)
+                        per_task)
     python = sys.executable
     if budget == "reduced":
         print(f"benchmark suite: REDUCED budget ({why}): {' '.join(REDUCED['train'])} per main-job run, "
@@ -194,8 +186,6 @@ def main(argv: list[str] | None = None) -> list[Step]:
     for t, extra in per_task.items():
         if extra:
             print(f"{t}: main-job runs with {' '.join(extra)}")
-        if per_task_evaluate.get(t):
-            print(f"{t}: sim-to-sim with {' '.join(per_task_evaluate[t])}")
     for i, s in enumerate(steps, 1):
         print(f"[{i:2d}] {s.name}\n     {s.shell(python)}")
     if args.dry_run:

@@ -44,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dynamics-randomization", action="store_true", help="nominal friction/mass/damping/gain")
     p.add_argument("--release-on", choices=["progress", "success"], default="success",
                    help="when the runtime hands control back to the base")
-    p.add_argument("--stall-without-failure", choices=["base", "keep"], default="base",
-                   help="a recovery that stalls while the selector sees no failure: hand back to the base (default) or "
-                        "keep the recovery policy driving (stack's whole-episode residuals lost most runtime episodes to "
-                        "the hand-back, docs/experiments.md)")
+    p.add_argument("--stall-without-failure", choices=["base", "keep"], default="keep",
+                   help="a recovery that stalls while the selector sees no failure: keep the recovery policy driving "
+                        "(default) or hand back to the base (stack's whole-episode residuals lost most runtime episodes "
+                        "to the hand-back, docs/experiments.md)")
     p.add_argument("--max-residual-norm", type=positive_float, default=None,
                    help="override the manifest's residual norm cap (> 0; a tiny cap such as 1e-6 switches residuals off "
                         "while the runtime still switches: an ablation)")

@@ -189,7 +189,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
             train_states=len(train_bank), steps=args.episode_length,
             log_std=float(args.warm_start_log_std), seed=args.seed, min_teacher=min_teacher, fallback=fallback, log=log,
             reports=warm_reports, name=name, report_path=run_dir / "warm_start" / f"{name}.json",
-            resuming=bool(args.resume) and has_checkpoint(ckpt_dir))
+            resuming=bool(args.resume) and has_checkpoint(ckpt_dir), fit_steps=getattr(args, "warm_start_fit_steps", None))
         ts, curve = train_policy(name, name, trainer, policy_cfg, console=console, sink=sink,
                                  checkpoint_dir=ckpt_dir, resume=args.resume,
                                  disable_progress=jax.process_index() != 0, warm_start=warm)

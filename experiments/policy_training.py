@@ -84,7 +84,7 @@ def warm_start_gate(env: Any, train_states: int, *, steps: int, seed: int, min_t
 def start_policy(rounds: int, make_trainer: Callable[[Any], Any], env: Any, *, warm_cfg: Any, plain_cfg: Any,
                  train_states: int, steps: int, log_std: float, seed: int, min_teacher: float, fallback: bool, log: Any,
                  reports: dict, name: str, report_path: Path, resuming: bool,
-                 follow: dict | None = None) -> tuple[Any, Any, Callable | None]:
+                 follow: dict | None = None, fit_steps: int | None = None) -> tuple[Any, Any, Callable | None]:
     """How one policy starts PPO under `train --expert-warm-start=ROUNDS`: (trainer, its PPO config, the state PPO
     starts from as a `train_policy` warm-start hook, or None).
 
@@ -102,7 +102,8 @@ def start_policy(rounds: int, make_trainer: Callable[[Any], Any], env: Any, *, w
     Plain PPO trains with `plain_cfg` (the PPO settings without the warm start). Every decision and the warm start's
     report go to `reports[name]` and `report_path`; `resuming` (a checkpoint exists) reads them back from there and
     repeats nothing. `follow` (a baseline: the run's report for this policy) takes the run's decision instead of
-    measuring: the baseline is warm-started exactly where the run's policy was."""
+    measuring: the baseline is warm-started exactly where the run's policy was. `fit_steps`: Adam steps per DAgger
+    round (None: `WarmStartConfig`'s default)."""
     if rounds <= 0:
         return make_trainer(warm_cfg), warm_cfg, None
     if resuming:  # the checkpoint holds the warm-started state; runs older than the reports warm-started every policy
@@ -128,7 +129,8 @@ def start_policy(rounds: int, make_trainer: Callable[[Any], Any], env: Any, *, w
 
     trainer = make_trainer(warm_cfg)
     cfg = WarmStartConfig(rounds=rounds, num_envs=max(512, min(warm_cfg.num_envs, 1024)), steps=steps, log_std=log_std,
-                          compare_fresh=fallback and follow is None, seed=seed)
+                          compare_fresh=fallback and follow is None, seed=seed,
+                          **({} if fit_steps is None else {"fit_steps": int(fit_steps)}))
     ts, report = warm_start(trainer, trainer.init(jax.random.PRNGKey(warm_cfg.seed)), env, cfg, log=log)
     reports[name] = {**report.model_dump(), **teacher,
                      "env_steps": report.env_steps + int(teacher.get("teacher_env_steps", 0))}

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.arg_types import fraction, non_negative_float
+from experiments.arg_types import fraction, non_negative_float, positive_int
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --expert-warm-start: PPO's initial exploration log-std (instead of --init-log-std); wider "
                         "noise erases the fit (pick_place: a fit with 27.5%% own success kept 26.6%% at -3.5, 17.4%% at "
                         "-2.5, 2.1%% at -1.5)")
+    # 2000 = WarmStartConfig's default, written out for the same reason (the same test pins it)
+    p.add_argument("--warm-start-fit-steps", type=positive_int, default=2000, metavar="STEPS",
+                   help="with --expert-warm-start: Adam steps fitting the actor after each DAgger round (batch 1024); "
+                        "pick_place missed_grasp on a 4096-candidate bank underfitted at 2000 (actor loss 0.012, the "
+                        "fit's own success flat near 15-20%%; 8000: 0.006, docs/experiments.md session 23)")
     p.add_argument("--warm-start-min-teacher", type=fraction, default=WARM_START_MIN_TEACHER, metavar="FRACTION",
                    help="with --expert-warm-start: warm-start a policy only where the expert-guided residual recovers at "
                         "least FRACTION of its train failure states; the others train with plain PPO (no warm start, "

@@ -566,6 +566,10 @@ def test_expert_warm_start_switches_the_adaptive_learning_rate_and_frozen_normal
     for bad in ("-0.1", "1.5", "nan", "x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args([f"--warm-start-min-teacher={bad}"])
+    assert parsed("--warm-start-fit-steps=8000").warm_start_fit_steps == 8000
+    for bad in ("0", "-5", "1.5", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([f"--warm-start-fit-steps={bad}"])
 
 
 def test_resume_refuses_options_that_would_not_continue_the_checkpointed_training(tmp_path):

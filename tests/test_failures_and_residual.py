@@ -411,8 +411,11 @@ def test_start_policy_drops_a_weak_fit_and_a_baseline_follows_the_runs_decisions
 
     fits = iter([(0.2, 0.9), (0.15, 0.05)])  # (the fit sampled, the fresh policy sampled)
 
+    fit_steps_seen: list[int] = []
+
     def fake_warm_start(trainer, ts, env, cfg, log=print):
         assert ts == "fresh" and trainer.cfg.desired_kl == 0.01 and cfg.rounds == 3 and cfg.compare_fresh
+        fit_steps_seen.append(cfg.fit_steps)
         fit, fresh = next(fits)
         return "warm", WarmStartReport(env_steps=50, rounds=[], critic_loss=0.0, start_success=0.9,
                                        start_success_sampled=fit, fresh_success_sampled=fresh)
@@ -433,7 +436,8 @@ def test_start_policy_drops_a_weak_fit_and_a_baseline_follows_the_runs_decisions
     assert reports["weak"]["fit_rejected"] and reports["weak"]["env_steps"] == 50
     assert json.loads((tmp_path / "weak.json").read_text())["start_success_sampled"] == 0.2
     assert any("dropped for 'weak'" in line and "20.0%" in line and "90.0%" in line for line in lines)
-    trainer, cfg, hook = start("kept")  # a weak fit, yet better than the fresh policy: kept
+    trainer, cfg, hook = start("kept", fit_steps=8000)  # a weak fit, yet better than the fresh policy: kept
+    assert fit_steps_seen == [ews.WarmStartConfig().fit_steps, 8000]  # None: the module's default
     assert cfg is warm_cfg and hook("fresh") == "warm" and "fit_rejected" not in reports["kept"]
 
     def no_fitting(*_a, **_k):

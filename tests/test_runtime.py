@@ -56,6 +56,7 @@ def test_runtime_and_native_evaluation_run_without_jax(fake_run, fake_export, tm
         assert e["mjx"]["recovla"]["trials"] == 4 and e["gap"]["policy_minus_mjx_recovla"] is not None
     assert res["nominal"]["n"] == 1 and res["latency_ms"]["base_policy"]["n"] > 0
     assert "| missed_handle" in (out / "sim2sim.md").read_text()
+    assert "a stalled recovery whose re-diagnosis sees no failure keeps its policy" in (out / "sim2sim.md").read_text()
     episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert "episodes" not in res and len(episodes) == 3 * 4 + 1 * 3  # modes x failure arms + nominal x nominal arms
     assert {(e["group"], e["arm"]) for e in episodes} >= {("missed_handle", "runtime_rules"), ("nominal", "base")}
@@ -217,7 +218,8 @@ def test_start_diagnosis_switches_at_once_while_later_triggers_still_need_confir
 
 def test_stalled_recovery_without_a_failure_hands_back_or_keeps_driving(fake_export):
     """`stall_without_failure`: a recovery whose progress stalls while the selector sees no failure goes back to the
-    base ("base", default) or keeps its policy ("keep"); a different diagnosed mode switches either way."""
+    base ("base") or keeps its policy ("keep", default); a different diagnosed mode switches either way."""
+    assert MonitorConfig().stall_without_failure == "keep"
     m = load_manifest(fake_export)
     res = np.array([0.1, 0, 0, 0, 0, 0, 0])
     for rule in ("base", "keep"):

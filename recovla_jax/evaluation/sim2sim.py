@@ -310,7 +310,9 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         "- arms: `base` alone; `policy` = the residual as MJX evaluated it (" + ("hand-back: on exactly while the simulator "
         "labels a failure" if results.get("hand_back") else "on for the whole episode") + "); `runtime` = monitor + "
         "selector (oracle: simulator label of the native state; rules: observation) + switching + safety"
-        + (" (hand-back policies: released as soon as the selector sees no failure)" if results.get("hand_back") else ""),
+        + (" (hand-back policies: released as soon as the selector sees no failure)" if results.get("hand_back") else "")
+        + "; a stalled recovery whose re-diagnosis sees no failure "
+        + ("keeps its policy" if c["monitor"].get("stall_without_failure") == "keep" else "goes back to the base"),
         "",
         "## Recovery from held-out failure states (Wilson 95% CI)",
         "",

@@ -24,6 +24,9 @@ def test_export_writes_verified_models_and_manifest(fake_run, fake_export):
         for key, err in entry.parity.max_abs_error.items():  # within 1e-5 x the set's largest input scale
             assert err <= 1e-5 * entry.parity.max_input_scale[key.split("/")[0]]
         assert entry.parity.max_input_scale["random"] <= 10  # the cap
+    for entry in m.recovery_policies:  # float32 rounding measured against the float64 formula: tiny for small weights
+        assert set(entry.parity.float32_rounding) == set(entry.parity.max_abs_error)
+        assert all(0.0 <= r < 1e-5 for r in entry.parity.float32_rounding.values())
     cond = next(p for p in m.recovery_policies if p.name == "conditioned")
     assert cond.modes == ["slipped_off", "misaligned_gripper"] and cond.checkpoint_step == 10  # latest by default
     assert cond.descriptor_features["slipped_off"][:3] == [0.0, 1.0, 0.0]
@@ -101,6 +104,48 @@ def test_parity_tolerance_grows_with_input_scale_only(tmp_path):
         write_verified(model, tmp_path / "wrong.onnx", off, {"small": small}, 1e-5, scale)
     # The network's own clip bounds the scale.
     assert normalised_magnitude(np.zeros(3), np.ones(3), clip=10.0)(big).tolist() == [10.0, 10.0]
+
+
+def test_parity_allowance_adds_the_references_own_float32_rounding(tmp_path):
+    """Large weights make float32 itself inexact at any input size: with a float64 evaluation of the formula the
+    allowance adds twice the reference's measured error, and a float64 formula that disagrees is refused."""
+    from recovla_jax.export.onnx_io import MAX_FLOAT32_ROUNDING, to_onnx_model, write_verified
+
+    model = to_onnx_model(lambda x: x * 2.0, 3, "x", ["y"], "double")
+    x = np.full((4, 3), 0.5, np.float32)
+    reference = lambda x: {"y": 2.0 * x + 3e-5}  # noqa: E731  float32 reference 3e-5 from exact, ONNX 3e-5 from it
+    exact = lambda x: {"y": 2.0 * np.asarray(x, np.float64)}  # noqa: E731
+    with pytest.raises(ParityError, match=r"allowed 1e-05: tolerance 1e-05 x input scale 1\)"):
+        write_verified(model, tmp_path / "flat.onnx", reference, {"s": x}, 1e-5)
+    res = write_verified(model, tmp_path / "ok.onnx", reference, {"s": x}, 1e-5, exact=exact)
+    assert res["float32_rounding"]["s/y"] == pytest.approx(3e-5, rel=1e-2) and (tmp_path / "ok.onnx").exists()
+    # twice the rounding, not more: an ONNX error of 8e-5 against a 3e-5 rounding (allowed 7e-5) fails
+    with pytest.raises(ParityError, match=r"\+ 2 x float32 rounding 3e-05\)"):
+        write_verified(model, tmp_path / "far.onnx", lambda x: {"y": 2.0 * x + 8e-5}, {"s": x}, 1e-5,
+                       exact=lambda x: {"y": 2.0 * np.asarray(x, np.float64) + 5e-5})
+    assert not (tmp_path / "far.onnx").exists()
+    # a float64 formula far from the reference is not rounding: refused instead of loosening the check
+    with pytest.raises(ParityError, match="float64 evaluation.*over the 0.001 accepted as rounding"):
+        write_verified(model, tmp_path / "wrong.onnx", reference, {"s": x}, 1e-5,
+                       exact=lambda x: {"y": 2.0 * np.asarray(x, np.float64) + 2 * MAX_FLOAT32_ROUNDING})
+    with pytest.raises(ParityError, match="float64 evaluation has no output 'y'"):
+        write_verified(model, tmp_path / "none.onnx", reference, {"s": x}, 1e-5, exact=lambda x: {})
+
+
+def test_float64_formula_matches_the_training_path(fake_run):
+    """residual_float64_fn (the rounding allowance's yardstick) computes what the training code path computes."""
+    from recovla_jax.export import functions
+    from recovla_jax.export.run_reader import load_bundles, read_residual_checkpoint
+
+    b = load_bundles(fake_run)["missed_handle"]
+    ck = read_residual_checkpoint(fake_run / b["checkpoint_dir"])
+    args = (ck.actor_params, ck.mean, ck.std, float(b["normalizer_max_abs"]), float(b["alpha"]), b["task_obs_size"])
+    ref = functions.residual_reference_fn(*args, tuple(b["actor"]["hidden"]), b["action"]["size"])
+    f64 = functions.residual_float64_fn(*args, b["action"]["size"], b["action"]["low"], b["action"]["high"],
+                                        b["actor"]["activation"])
+    x = np.random.default_rng(0).normal(size=(256, b["residual_obs_size"])).astype(np.float32)
+    for name, want in ref(x).items():
+        np.testing.assert_allclose(f64(x)[name], want, atol=1e-5)
 
 
 def test_manifest_rejects_wrong_sizes_and_changed_files(fake_export, tmp_path):

@@ -224,6 +224,13 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     # pick_place recovers over 160 steps (the scripted expert's missed_grasp recovery needs more than 80)
     pick = benchmark_suite.main(["--dry-run", "--budget=full", "--tasks", "pick_place", f"--out={out}"])
     assert all("--episode-length=160" in " ".join(s.argv) for s in pick if "experiments.train" in s.argv)
+    # ... on a 4096-candidate bank with 8000-step warm-start fits; the reduced budget's own --candidates wins
+    assert all("--candidates=4096" in s.argv and "--warm-start-fit-steps=8000" in s.argv for s in pick
+               if "experiments.train" in s.argv)
+    pick_reduced = [s.argv for s in benchmark_suite.main(["--dry-run", "--budget=reduced", "--tasks", "pick_place",
+                                                          f"--out={out}"]) if "experiments.train" in s.argv]
+    assert pick_reduced and all([a for a in argv if a.startswith("--candidates")] == ["--candidates=256"]
+                                for argv in pick_reduced)
     # every task's sim-to-sim runs the runtime's defaults (a stalled recovery keeps driving: evaluate's default)
     sim2sim = {s.name: " ".join(s.argv) for s in steps if "experiments.evaluate" in s.argv}
     assert len(sim2sim) == 2 and not any("--stall-without-failure" in c for c in sim2sim.values())

@@ -193,7 +193,9 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         if tamper:
             tamper(name, model)
         scale = normalised_magnitude(mean, std, max_abs if mean is not None else None)  # the network clips normalised inputs only
-        par = write_verified(model, out_dir / fname, ref, checks, tolerance, scale)
+        exact = functions.residual_float64_fn(ckpt.actor_params, mean, std, max_abs, alpha, obs_size, act["size"],
+                                              act["low"], act["high"], b["actor"]["activation"])
+        par = write_verified(model, out_dir / fname, ref, checks, tolerance, scale, exact)
         _log_parity(log, fname, par)
         entries.append({
             "name": name, "file": fname, "sha256": sha256_file(out_dir / fname), "modes": list(b["modes"]),
@@ -256,4 +258,6 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
 def _log_parity(log: Callable[[str], None], fname: str, par: dict) -> None:
     errs = ", ".join(f"{k} {v:.2e}" for k, v in par["max_abs_error"].items())
     counts = ", ".join(f"{k} n={v} (input scale up to {par['max_input_scale'][k]:.3g})" for k, v in par["counts"].items())
-    log(f"  [green]parity ok[/] {fname}: max |ONNX - JAX| {errs} ({counts})")
+    rounding = par.get("float32_rounding")
+    rounded = "" if not rounding else f"; JAX float32 vs float64 up to {max(rounding.values()):.2e}"
+    log(f"  [green]parity ok[/] {fname}: max |ONNX - JAX| {errs} ({counts}{rounded})")

@@ -67,6 +67,33 @@ def residual_export_fn(actor_params: dict, mean: np.ndarray | None, std: np.ndar
     return fn
 
 
+_ACTIVATIONS_F64: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "swish": lambda x: x * 0.5 * (1.0 + np.tanh(0.5 * x)),  # x * sigmoid(x) without exp overflow
+    "tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
+
+
+def residual_float64_fn(actor_params: dict, mean: np.ndarray | None, std: np.ndarray | None, max_abs: float,
+                        alpha: float, obs_size: int, action_size: int, low: float, high: float,
+                        activation: str = "swish") -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """`residual_export_fn`'s formula in numpy float64: how far float32 evaluation itself is from exact (the
+    parity check's rounding allowance, onnx_io)."""
+    layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in _dense_stack(actor_params, activation)]
+    act = _ACTIVATIONS_F64[activation]
+
+    def fn(x: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.asarray(x, np.float64)
+        z = x if mean is None else np.clip((x - np.asarray(mean, np.float64)) / np.asarray(std, np.float64),
+                                           -max_abs, max_abs)
+        for i, (w, b) in enumerate(layers):
+            z = z @ w + b
+            if i < len(layers) - 1:
+                z = act(z)
+        residual = alpha * np.tanh(z)
+        return {"residual": residual, "action": np.clip(x[:, obs_size:obs_size + action_size] + residual, low, high)}
+
+    return fn
+
+
 def residual_reference_fn(actor_params: dict, mean: np.ndarray | None, std: np.ndarray | None, max_abs: float,
                           alpha: float, obs_size: int, hidden: tuple[int, ...], action_size: int) -> Callable[[np.ndarray], dict]:
     """The same quantities through the training code path (PPOTrainer.policy_fn + ResidualEnv.executed_action)."""

@@ -25,7 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.arg_types import positive_float
+from experiments.arg_types import positive_float, positive_int
+
+
+RECOVERY_STALL_STEPS = 50  # MonitorConfig's default, pinned by tests/test_runtime.py (evaluate imports no runtime at parse)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a recovery that stalls while the selector sees no failure: keep the recovery policy driving "
                         "(default) or hand back to the base (stack's whole-episode residuals lost most runtime episodes "
                         "to the hand-back, docs/experiments.md)")
+    p.add_argument("--recovery-stall-steps", type=positive_int, default=RECOVERY_STALL_STEPS,
+                   help=f"re-diagnose a recovery after this many steps without task progress (default "
+                        f"{RECOVERY_STALL_STEPS}, the runtime's; pick_place's missed_grasp recoveries stall past 50 steps "
+                        "while re-grasping, docs/experiments.md session 24)")
     p.add_argument("--max-residual-norm", type=positive_float, default=None,
                    help="override the manifest's residual norm cap (> 0; a tiny cap such as 1e-6 switches residuals off "
                         "while the runtime still switches: an ablation)")
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     dynamics = NativeDynamics(**dyn)
     cfg = Sim2SimConfig(episodes_per_mode=args.episodes_per_mode, nominal_episodes=args.nominal_episodes, seed=args.seed,
                         max_steps=args.max_steps, dynamics=dynamics,
-                        monitor=MonitorConfig(release_on=args.release_on, stall_without_failure=args.stall_without_failure),
+                        monitor=MonitorConfig(release_on=args.release_on, stall_without_failure=args.stall_without_failure,
+                                              recovery_stall_steps=args.recovery_stall_steps),
                         safety_overrides={} if args.max_residual_norm is None else {"max_residual_norm": args.max_residual_norm})
 
     server = None

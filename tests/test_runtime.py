@@ -57,6 +57,7 @@ def test_runtime_and_native_evaluation_run_without_jax(fake_run, fake_export, tm
     assert res["nominal"]["n"] == 1 and res["latency_ms"]["base_policy"]["n"] > 0
     assert "| missed_handle" in (out / "sim2sim.md").read_text()
     assert "a stalled recovery whose re-diagnosis sees no failure keeps its policy" in (out / "sim2sim.md").read_text()
+    assert "re-diagnosed after 50 steps without progress" in (out / "sim2sim.md").read_text()
     episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert "episodes" not in res and len(episodes) == 3 * 4 + 1 * 3  # modes x failure arms + nominal x nominal arms
     assert {(e["group"], e["arm"]) for e in episodes} >= {("missed_handle", "runtime_rules"), ("nominal", "base")}
@@ -519,6 +520,18 @@ def test_numpy_twins_match_jax():
     for f in DrawerTask.obs_fields:
         assert drawer_rules.OBS[f.name].start == start
         start += f.size
+
+
+def test_evaluate_recovery_stall_steps_option():
+    """The CLI default is the runtime's own; 0, negatives and non-integers are refused."""
+    from experiments.evaluate import build_parser
+    from recovla_jax.runtime.monitor import MonitorConfig
+
+    assert build_parser().parse_args(["--run=r"]).recovery_stall_steps == MonitorConfig().recovery_stall_steps
+    assert build_parser().parse_args(["--run=r", "--recovery-stall-steps=100"]).recovery_stall_steps == 100
+    for bad in ("0", "-5", "2.5", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--run=r", f"--recovery-stall-steps={bad}"])
 
 
 def test_evaluate_refuses_a_residual_cap_that_is_not_positive():

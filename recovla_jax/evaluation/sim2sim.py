@@ -312,7 +312,8 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         "selector (oracle: simulator label of the native state; rules: observation) + switching + safety"
         + (" (hand-back policies: released as soon as the selector sees no failure)" if results.get("hand_back") else "")
         + "; a stalled recovery whose re-diagnosis sees no failure "
-        + ("keeps its policy" if c["monitor"].get("stall_without_failure") == "keep" else "goes back to the base"),
+        + ("keeps its policy" if c["monitor"].get("stall_without_failure") == "keep" else "goes back to the base")
+        + f"; a recovery is re-diagnosed after {c['monitor'].get('recovery_stall_steps', '?')} steps without progress",
         "",
         "## Recovery from held-out failure states (Wilson 95% CI)",
         "",

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from experiments.arg_types import positive_float, positive_int
+from recovla_jax.runtime.monitor import MonitorConfig  # pydantic only: the CLI's runtime defaults are the runtime's own
 
-
-RECOVERY_STALL_STEPS = 50  # MonitorConfig's default, pinned by tests/test_runtime.py (evaluate imports no runtime at parse)
+MONITOR_DEFAULTS = MonitorConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs-noise", type=float, default=None, help="observation noise std (default 0.001)")
     p.add_argument("--latency", default=None, help="action latency range in control steps, 'lo,hi' (default 0,1)")
     p.add_argument("--no-dynamics-randomization", action="store_true", help="nominal friction/mass/damping/gain")
-    p.add_argument("--release-on", choices=["progress", "success"], default="success",
+    p.add_argument("--release-on", choices=["progress", "success"], default=MONITOR_DEFAULTS.release_on,
                    help="when the runtime hands control back to the base")
-    p.add_argument("--stall-without-failure", choices=["base", "keep"], default="keep",
+    p.add_argument("--stall-without-failure", choices=["base", "keep"], default=MONITOR_DEFAULTS.stall_without_failure,
                    help="a recovery that stalls while the selector sees no failure: keep the recovery policy driving "
                         "(default) or hand back to the base (stack's whole-episode residuals lost most runtime episodes "
                         "to the hand-back, docs/experiments.md)")
-    p.add_argument("--recovery-stall-steps", type=positive_int, default=RECOVERY_STALL_STEPS,
+    p.add_argument("--recovery-stall-steps", type=positive_int, default=MONITOR_DEFAULTS.recovery_stall_steps,
                    help=f"re-diagnose a recovery after this many steps without task progress (default "
-                        f"{RECOVERY_STALL_STEPS}, the runtime's; pick_place's missed_grasp recoveries stall past 50 steps "
-                        "while re-grasping, docs/experiments.md session 24)")
+                        f"{MONITOR_DEFAULTS.recovery_stall_steps}, the runtime's; pick_place's missed_grasp recoveries "
+                        "stall past 50 steps while re-grasping, docs/experiments.md session 24)")
     p.add_argument("--max-residual-norm", type=positive_float, default=None,
                    help="override the manifest's residual norm cap (> 0; a tiny cap such as 1e-6 switches residuals off "
                         "while the runtime still switches: an ablation)")
@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     from recovla_jax.evaluation.sim2sim import FAILURE_ARMS, NOMINAL_ARMS, Sim2SimConfig, Sim2SimEvaluator, write_report
     from recovla_jax.runtime.manifest import MANIFEST_NAME, load_manifest
-    from recovla_jax.runtime.monitor import MonitorConfig
     from recovla_jax.runtime.onnx_policy import OnnxBasePolicy
     from recovla_jax.runtime.robots.native import NativeDynamics
 

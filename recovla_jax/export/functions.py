@@ -49,6 +49,15 @@ def base_policy_fn(params: dict, hidden: tuple[int, ...], action_size: int) -> C
     return lambda obs: apply(params, obs)
 
 
+def _residual_outputs(xp, x, layers: list[tuple[np.ndarray, np.ndarray]], act: Callable, mean: np.ndarray | None,
+                      std: np.ndarray | None, max_abs: float, alpha: float, obs_size: int, action_size: int,
+                      low: float, high: float):
+    """The residual graph's formula over array module `xp` (jnp for the exported graph, np for its float64 twin)."""
+    z = x if mean is None else xp.clip((x - mean) / std, -max_abs, max_abs)
+    residual = alpha * xp.tanh(_mlp(z, layers, act))
+    return residual, xp.clip(x[:, obs_size:obs_size + action_size] + residual, low, high)
+
+
 def residual_export_fn(actor_params: dict, mean: np.ndarray | None, std: np.ndarray | None, max_abs: float,
                        alpha: float, obs_size: int, action_size: int, low: float, high: float,
                        activation: str = "swish") -> Callable[[jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]:
@@ -57,14 +66,7 @@ def residual_export_fn(actor_params: dict, mean: np.ndarray | None, std: np.ndar
     act = _ACTIVATIONS[activation]
     mean = None if mean is None else np.asarray(mean, np.float32)
     std = None if std is None else np.asarray(std, np.float32)
-
-    def fn(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        z = x if mean is None else jnp.clip((x - mean) / std, -max_abs, max_abs)
-        residual = alpha * jnp.tanh(_mlp(z, layers, act))
-        action = jnp.clip(x[:, obs_size:obs_size + action_size] + residual, low, high)
-        return residual, action
-
-    return fn
+    return lambda x: _residual_outputs(jnp, x, layers, act, mean, std, max_abs, alpha, obs_size, action_size, low, high)
 
 
 _ACTIVATIONS_F64: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -79,17 +81,13 @@ def residual_float64_fn(actor_params: dict, mean: np.ndarray | None, std: np.nda
     parity check's rounding allowance, onnx_io)."""
     layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in _dense_stack(actor_params, activation)]
     act = _ACTIVATIONS_F64[activation]
+    mean = None if mean is None else np.asarray(mean, np.float64)
+    std = None if std is None else np.asarray(std, np.float64)
 
     def fn(x: np.ndarray) -> dict[str, np.ndarray]:
-        x = np.asarray(x, np.float64)
-        z = x if mean is None else np.clip((x - np.asarray(mean, np.float64)) / np.asarray(std, np.float64),
-                                           -max_abs, max_abs)
-        for i, (w, b) in enumerate(layers):
-            z = z @ w + b
-            if i < len(layers) - 1:
-                z = act(z)
-        residual = alpha * np.tanh(z)
-        return {"residual": residual, "action": np.clip(x[:, obs_size:obs_size + action_size] + residual, low, high)}
+        residual, action = _residual_outputs(np, np.asarray(x, np.float64), layers, act, mean, std, max_abs, alpha,
+                                             obs_size, action_size, low, high)
+        return {"residual": residual, "action": action}
 
     return fn
 

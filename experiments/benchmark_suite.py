@@ -12,7 +12,9 @@ For each task, in order (each a separate `python -m` process; the commands are p
   5. residual, full reward:  experiments.baselines --method=residual-full --run=<1>   -> <1>/baselines/residual-full
   6. nominal success after training of 1-3: experiments.baselines --method=nominal     -> <run>/baselines/nominal
   7. ONNX export + zero-shot sim-to-sim of 1: experiments.export, experiments.evaluate -> <1>/export, <1>/sim2sim
-then experiments.report over every main-job run -> OUT/report (report.md, report.csv, report.png).
+  8. with --extra-seeds K ...: per seed K, steps 1, 4, 7 again with --seed=K on 1's failure bank -> OUT/<task>/recovla-seedK
+then experiments.report over every main-job run -> OUT/report (report.md, report.csv, report.png; with extra seeds,
+its "Across seeds" section shows every seed's cells, while the main table shows --seed's runs).
 Every method of a task trains on the same failure bank (2 and 3 reuse 1's, 4-6 read it from the run) with
 the same env steps per policy (the baselines take the run's budget from its config.json).
 
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto = full on GPU/TPU, reduced on CPU (see above)")
     p.add_argument("--selector", default="auto", help="ReCoVLA's selector (experiments.train --selector)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra-seeds", nargs="+", type=int, default=[], metavar="K",
+                   help="also train ReCoVLA and the fine-tuned base with these seeds on the --seed run's failure bank, "
+                        "export and evaluate them sim-to-sim (the report shows each seed's cells, their mean and range)")
     p.add_argument("--sim2sim-arm", default="runtime_rules", help="experiments.report --sim2sim-arm")
     p.add_argument("--export-tolerance", type=float, default=None,
                    help="experiments.export --tolerance (default: export's own, 1e-5)")
@@ -139,11 +144,20 @@ def default_tasks() -> list[str]:
     return task_names()
 
 
+def check_extra_seeds(seed: int, extra_seeds: list[int]) -> list[int]:
+    """The extra seeds, refused when one repeats `seed` or another extra seed (it would overwrite that run)."""
+    repeated = sorted({k for k in extra_seeds if k == seed or extra_seeds.count(k) > 1})
+    if repeated:
+        raise SystemExit(f"--extra-seeds: seed(s) {repeated} repeat --seed={seed} or each other; give distinct seeds")
+    return list(extra_seeds)
+
+
 def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto", seed: int = 0,
                 sim2sim_arm: str = "runtime_rules", export_tolerance: float | None = None,
-                train_args: dict[str, list[str]] | None = None) -> list[Step]:
+                train_args: dict[str, list[str]] | None = None, extra_seeds: list[int] = ()) -> list[Step]:
     """Every command of the suite, in order (see the module docstring); `train_args[task]` go to its main-job runs
     (default: `TASK_TRAIN_ARGS`)."""
+    extra_seeds = check_extra_seeds(seed, list(extra_seeds))
     b = REDUCED if budget == "reduced" else FULL
     train_args = task_train_args(tasks, []) if train_args is None else train_args
     steps: list[Step] = []
@@ -156,6 +170,15 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
         if budget == "reduced":
             task_args = reduced_task_args(task_args)
         train = ["-m", "experiments.train", f"--task={task}", f"--seed={seed}", *b["train"], *task_args]
+
+        def export_and_sim2sim(run: Path, run_seed: int, label: str) -> list[Step]:
+            return [Step(f"{task}: ONNX export of {label}", ["-m", "experiments.export", f"--run={run}"]
+                         + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]),
+                         run / "export" / "manifest.json"),
+                    Step(f"{task}: zero-shot sim-to-sim of {label}", ["-m", "experiments.evaluate", f"--run={run}",
+                                                                      "--backend=mujoco", f"--seed={run_seed}", *b["sim2sim"]],
+                         run / "sim2sim" / "sim2sim.json")]
+
         steps += [
             Step(f"{task}: ReCoVLA (selector {selector})", [*train, f"--run-dir={main}", f"--selector={selector}"],
                  main / "results.json"),
@@ -171,15 +194,19 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
             steps.append(Step(f"{task}: nominal success of {run.name}", ["-m", "experiments.baselines", f"--run={run}",
                                                                          "--method=nominal", *b["nominal"]],
                               run / "baselines" / "nominal" / "results.json"))
-        steps += [
-            Step(f"{task}: ONNX export of ReCoVLA", ["-m", "experiments.export", f"--run={main}"]
-                 + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]),
-                 main / "export" / "manifest.json"),
-            Step(f"{task}: zero-shot sim-to-sim of ReCoVLA", ["-m", "experiments.evaluate", f"--run={main}", "--backend=mujoco",
-                                                               f"--seed={seed}", *b["sim2sim"]],
-                 main / "sim2sim" / "sim2sim.json"),
-        ]
-        runs += [main, oracle, wrong]
+        steps += export_and_sim2sim(main, seed, "ReCoVLA")
+        seeded: list[Path] = []
+        for k in extra_seeds:
+            run = root / f"recovla-seed{k}"
+            seed_train = [a if not a.startswith("--seed=") else f"--seed={k}" for a in train]
+            steps += [Step(f"{task}: ReCoVLA, seed {k}", [*seed_train, f"--run-dir={run}", f"--selector={selector}",
+                                                          f"--bank-dir={bank}"], run / "results.json"),
+                      Step(f"{task}: baseline finetune, seed {k}", ["-m", "experiments.baselines", f"--run={run}",
+                                                                     "--method=finetune", *b["nominal"]],
+                           run / "baselines" / "finetune" / "results.json"),
+                      *export_and_sim2sim(run, k, f"ReCoVLA, seed {k}")]
+            seeded.append(run)
+        runs += [*seeded, main, oracle, wrong]  # --seed's run last: the main table and the targets show it
     steps.append(Step("results table", ["-m", "experiments.report", "--runs", *map(str, runs), f"--out={out / 'report'}",
                                         f"--sim2sim-arm={sim2sim_arm}"], None))
     return steps
@@ -191,7 +218,7 @@ def main(argv: list[str] | None = None) -> list[Step]:
     tasks = args.tasks or default_tasks()
     per_task = task_train_args(tasks, args.train_arg, use_defaults=not args.no_task_args)
     steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance,
-                        per_task)
+                        per_task, args.extra_seeds)
     python = sys.executable
     if budget == "reduced":
         print(f"benchmark suite: REDUCED budget ({why}): {' '.join(REDUCED['train'])} per main-job run, "

@@ -13,15 +13,17 @@ family and, per task, a row of nominal success after training. Columns are metho
   ReCoVLA (<selector>)   a main-job run with the selector's mask (results.json modes[m].recovla)
   residual, oracle mask  a main-job run with --selector=oracle
   residual, wrong mask   a main-job run with --mask=wrong
-  ReCoVLA sim2sim        RUN/sim2sim/sim2sim.json of the ReCoVLA run (python -m experiments.evaluate), arm
+  ReCoVLA sim2sim        RUN/sim2sim/sim2sim.json of the last ReCoVLA run given (python -m experiments.evaluate), arm
                          --sim2sim-arm (default runtime_rules: monitor + rules selector + switching + safety)
 The method of a main-job run is read from its config (mask, selector, policy layout). Nominal success of the
 main-job methods comes from RUN/baselines/nominal/results.json (--method=nominal), of the baselines from their
 own results, of the sim2sim column from the native runtime's nominal arm. With several families, an "all tasks
 average" row follows; report.md then closes with the issue's targets over every task x mode cell (ReCoVLA >= 80% in
 MJX, >= 75% zero-shot native), taking for each task the column of the last ReCoVLA run given for it, and the
-fine-tuned base's mean over the same cells. Writes report.md, report.csv (tidy:
-one line per task x row x method, numeric) and report.png (bars with Wilson CIs) into --out. Imports no JAX.
+fine-tuned base's mean over the same cells. Runs of one task and method with different seeds (config.json's `seed`)
+also get an "Across seeds" section: each seed's cell, the mean of the seeds and their range, and a target line with
+every cell averaged over its seeds. Writes report.md, report.csv (tidy: one line per task x row x method, numeric;
+seed rows carry their seed) and report.png (bars with Wilson CIs) into --out. Imports no JAX.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from recovla_jax.evaluation.stats import MJX_RECOVERY_TARGET, NATIVE_RECOVERY_TARGET
 
@@ -118,7 +121,16 @@ class Table:
 
     def task(self, name: str) -> dict:
         return self.tasks.setdefault(name, {"modes": [], "cells": {}, "nominal": {}, "base_candidates": [], "nominal_base": [],
-                                            "banks": {}})
+                                            "banks": {}, "seeds": {}})
+
+    def put_seed(self, task: str, method: str, seed: int | None, cells: dict[str, dict | None], source: str) -> None:
+        """Keep one run's per-mode cells under its seed, so several seeds of a method show side by side (the main
+        table keeps only the last run given). Runs without a recorded seed are not tracked."""
+        if seed is None:
+            return
+        kept = {m: c for m, c in cells.items() if c}
+        if kept:
+            self.task(task)["seeds"].setdefault(method, {})[int(seed)] = (kept, source)
 
     def put(self, task: str, row: str, method: str, cell: dict | None, source: str) -> None:
         if cell is None:
@@ -149,7 +161,6 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
     """Read every run, its baselines/ and sim2sim/ into a Table."""
     table = Table()
     table.labels["sim2sim"] = f"ReCoVLA sim2sim ({sim2sim_arm})"
-    recovla_sim2sim_done: set[str] = set()
     for run in runs:
         run = Path(run)
         config = _read(run / "config.json") or {}
@@ -164,6 +175,8 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
         if method.startswith("recovla-"):
             t["recovla_method"] = method  # the last ReCoVLA run given for a task is its entry in the targets
         t["banks"][str(run)] = (results.get("bank") or {}).get("counts")
+        seed = config.get("seed")
+        table.put_seed(task, method, seed, {m: r.get("recovla") for m, r in results.get("modes", {}).items()}, str(run))
         table.sources.append({"task": task, "column": label, "run": str(run), "budget": _budget(config)})
         for m, r in results.get("modes", {}).items():
             table.put(task, m, method, r.get("recovla"), str(run))
@@ -185,6 +198,7 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
                                    f"{bud.get('run_timesteps_per_policy')})")
             for m, r in res.get("modes", {}).items():
                 table.put(task, m, b, r.get("policy"), src)
+            table.put_seed(task, b, seed, {m: r.get("policy") for m, r in res.get("modes", {}).items()}, src)
             for m, ok in (res.get("base_matches_run") or {}).items():
                 if not ok:
                     table.notes.append(f"{src}: base alone on {m} differs from the run's own evaluation "
@@ -199,9 +213,10 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
             table.put_nominal(task, method, nom_res["nominal"].get("policy"), src)
             t["nominal_base"].insert(0, (method, nom_res["nominal"].get("base"), src))
         s2s = _read(run / "sim2sim" / "sim2sim.json")
-        if s2s is not None and method.startswith("recovla-") and task not in recovla_sim2sim_done:
-            recovla_sim2sim_done.add(task)
+        if s2s is not None and method.startswith("recovla-"):  # the last ReCoVLA run given, like the targets' column
             src = str(run / "sim2sim")
+            table.put_seed(task, "sim2sim", seed, {m: (e.get("native") or {}).get(sim2sim_arm)
+                                                   for m, e in s2s.get("modes", {}).items()}, src)
             for m, e in s2s.get("modes", {}).items():
                 table.put(task, m, "sim2sim", (e.get("native") or {}).get(sim2sim_arm), src)
                 if e.get("n") is not None and e.get("heldout_states") and e["n"] < e["heldout_states"]:
@@ -280,6 +295,38 @@ def build_rows(table: Table, families: dict[str, str]) -> tuple[list[str], list[
     return methods, rows
 
 
+def seed_rows(table: Table) -> list[dict]:
+    """Per task x method run with two or more seeds: one row per failure mode with each seed's cell, the mean of the
+    seeds' rates and their range (max - min), then the task's average per seed (mean over its modes; a seed missing a
+    mode has no average). Seeds of one bank share held-out states; the spread is what a rerun can move a cell by."""
+    rows: list[dict] = []
+    for task in sorted(table.tasks):
+        t = table.tasks[task]
+        for method, by_seed in t["seeds"].items():
+            if len(by_seed) < 2:
+                continue
+            seeds = sorted(by_seed)
+            modes = [m for m in t["modes"] if any(m in by_seed[s][0] for s in seeds)]
+            for m in modes:
+                cells = {s: by_seed[s][0].get(m) for s in seeds}
+                rates = [c["rate"] for c in cells.values() if c]
+                rows.append({"kind": "seed", "task": task, "method": method, "row": m, "seeds": cells,
+                             "mean": sum(rates) / len(rates), "range": _spread(rates), "runs": len(rates),
+                             "sources": {s: by_seed[s][1] for s in seeds}})
+            averages = {s: (_mean_rate([by_seed[s][0].get(m) for m in modes]) if all(m in by_seed[s][0] for m in modes)
+                            else None) for s in seeds}
+            rates = [a["rate"] for a in averages.values() if a]
+            rows.append({"kind": "seed-average", "task": task, "method": method, "row": f"{task} average",
+                         "seeds": averages, "mean": sum(rates) / len(rates) if rates else None,
+                         "range": _spread(rates), "runs": len(rates), "sources": {}})
+    return rows
+
+
+def _spread(rates: list[float]) -> float | None:
+    """Max - min of two or more rates; None for a single run (no spread to show)."""
+    return max(rates) - min(rates) if len(rates) >= 2 else None
+
+
 def _mean_rate(cells: list[dict | None]) -> dict | None:
     """Mean of the per-cell rates of the cells that exist, with how many of them there were."""
     rates = [c["rate"] for c in cells if c]
@@ -301,7 +348,22 @@ def targets(table: Table, rows: list[dict], mjx_target: float = MJX_RECOVERY_TAR
             "recovla_mjx": recovla, "mjx_target": mjx_target, "mjx_met": _met(recovla, len(mode_rows), mjx_target),
             "recovla_native": native, "native_target": native_target,
             "native_met": _met(native, len(mode_rows), native_target),
-            "finetune_mjx": _mean_rate([r["cells"]["finetune"] for r in mode_rows])}
+            "finetune_mjx": _mean_rate([r["cells"]["finetune"] for r in mode_rows]),
+            "recovla_mjx_seed_mean": _seed_mean(table, chosen, mode_rows)}
+
+
+def _seed_mean(table: Table, chosen: dict[str, str], mode_rows: list[dict]) -> dict | None:
+    """ReCoVLA's mean over every cell where each cell is first averaged over the seeds run for it; None unless some
+    task's ReCoVLA column has two or more seeds."""
+    seeded = {task for task, m in chosen.items() if len(table.tasks[task]["seeds"].get(m, {})) >= 2}
+    if not seeded:
+        return None
+    cells: list[dict | None] = []
+    for r in mode_rows:
+        by_seed = table.tasks[r["task"]]["seeds"].get(chosen.get(r["task"], ""), {})
+        rates = [c[0][r["row"]]["rate"] for c in by_seed.values() if r["row"] in c[0]] if r["task"] in seeded else []
+        cells.append({"rate": sum(rates) / len(rates)} if rates else r["cells"].get(chosen.get(r["task"])))
+    return {**_mean_rate(cells), "seeded_tasks": sorted(seeded)} if any(cells) else None
 
 
 def _met(mean: dict | None, cells: int, target: float) -> bool:
@@ -328,7 +390,15 @@ def _target_lines(tg: dict | None) -> list[str]:
             f"Per task, the column of the last ReCoVLA run given: {columns}.",
             f"- ReCoVLA zero-shot in native MuJoCo (the sim2sim column): {mean(tg['recovla_native'])} "
             f"({verdict(tg['native_met'], tg['recovla_native'], tg['native_target'])}).",
-            f"- Fine-tuned base in MJX, same cells: {mean(tg['finetune_mjx'])}."]
+            f"- Fine-tuned base in MJX, same cells: {mean(tg['finetune_mjx'])}."] + _seed_target_line(tg, mean)
+
+
+def _seed_target_line(tg: dict, mean: Callable[[dict | None], str]) -> list[str]:
+    seeded = tg.get("recovla_mjx_seed_mean")
+    if not seeded:
+        return []
+    return [f"- ReCoVLA in MJX with each cell averaged over its seeds ({', '.join(seeded['seeded_tasks'])}; "
+            f"the others one run): {mean(seeded)}."]
 
 
 def _avg_cell(a: dict | None) -> str:
@@ -362,6 +432,7 @@ def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Pat
             cells = [fmt_cell(r["cells"][m]) for m in methods]
             lines.append(f"| {r['task']} | {r['family']} | *{r['row']}* | " + " | ".join(cells) + " |")
     lines += _target_lines(tg)
+    lines += _seed_lines(table, seed_rows(table))
     lines += ["", "## Sources", "", "| task | column | directory | budget |", "|---|---|---|---|"]
     for s in table.sources:
         lines.append(f"| {s['task']} | {s['column']} | `{s['run']}` | {s['budget']} |")
@@ -373,8 +444,31 @@ def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Pat
     return text
 
 
+def _seed_lines(table: Table, rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    head = ["task", "method", "failure mode", *(f"seed {s}" for s in seeds), "mean of seeds", "range (max - min)"]
+    lines = ["", "## Across seeds", "",
+             "Methods run with more than one seed (config.json's `seed`); the table above shows the last run given. "
+             "Runs of one bank share the held-out states, so the range is how far a rerun moved the cell.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        label = table.labels.get(r["method"], r["method"])
+        spread = DASH if r["range"] is None else f"{100 * r['range']:.1f} pp"
+        if r["kind"] == "seed":
+            cells = [fmt_cell(r["seeds"].get(s)) for s in seeds]
+            lines.append(f"| {r['task']} | {label} | {r['row']} | " + " | ".join(cells)
+                         + f" | {100 * r['mean']:.1f}% | {spread} |")
+        else:
+            cells = [_avg_cell(r["seeds"].get(s)) for s in seeds]
+            mean = DASH if r["mean"] is None else f"**{100 * r['mean']:.1f}%**"
+            lines.append(f"| **{r['row']}** | {label} | | " + " | ".join(cells) + f" | {mean} | {spread} |")
+    return lines
+
+
 CSV_FIELDS = ("task", "family", "row", "kind", "method", "label", "successes", "trials", "rate", "ci_low", "ci_high",
-              "modes_averaged", "source")
+              "modes_averaged", "source", "seed")
 
 
 def write_csv(table: Table, methods: list[str], rows: list[dict], path: Path) -> None:
@@ -390,6 +484,15 @@ def write_csv(table: Table, methods: list[str], rows: list[dict], path: Path) ->
                             "label": table.labels.get(m, m), "successes": c.get("successes", ""), "trials": c.get("trials", ""),
                             "rate": c["rate"], "ci_low": c.get("ci_low", ""), "ci_high": c.get("ci_high", ""),
                             "modes_averaged": c.get("modes", ""), "source": r["sources"].get(m) or ""})
+        for r in seed_rows(table):
+            for seed, c in r["seeds"].items():
+                if not c:
+                    continue
+                w.writerow({"task": r["task"], "family": "", "row": r["row"], "kind": r["kind"], "method": r["method"],
+                            "label": table.labels.get(r["method"], r["method"]), "successes": c.get("successes", ""),
+                            "trials": c.get("trials", ""), "rate": c["rate"], "ci_low": c.get("ci_low", ""),
+                            "ci_high": c.get("ci_high", ""), "modes_averaged": c.get("modes", ""),
+                            "source": r["sources"].get(seed, ""), "seed": seed})
 
 
 def write_plot(table: Table, methods: list[str], rows: list[dict], path: Path) -> None:
@@ -439,7 +542,7 @@ def build_report(runs: list[Path], out: Path, sim2sim_arm: str = "runtime_rules"
         write_plot(table, methods, rows, out / "report.png")
     return {"markdown": out / "report.md", "csv": out / "report.csv", "png": out / "report.png" if plot else None,
             "methods": methods, "labels": table.labels, "rows": rows, "notes": table.notes, "text": md,
-            "targets": tg}
+            "targets": tg, "seeds": seed_rows(table)}
 
 
 def main(argv: list[str] | None = None) -> dict:

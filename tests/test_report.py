@@ -27,10 +27,11 @@ def _write(path: Path, obj: dict) -> None:
 
 
 def _main_run(root: Path, name: str, *, selector: str, mask: str = "selected", resolved: str | None = None,
-              recovla: dict, base: dict, counts: dict | None = None) -> Path:
+              recovla: dict, base: dict, counts: dict | None = None, seed: int | None = None) -> Path:
     run = root / name
     _write(run / "config.json", {"task": "drawer", "selector": selector, "mask": mask, "policy": "per-mode", "num_envs": 128,
-                                 "timesteps": 250_000, "device": {"platform": "cpu", "device_count": 1}})
+                                 "timesteps": 250_000, "device": {"platform": "cpu", "device_count": 1},
+                                 **({} if seed is None else {"seed": seed})})
     counts = counts or {m: {"train": 30, "heldout": 20} for m in MODES}
     _write(run / "results.json", {"task": "drawer", "selector": resolved or selector, "mask": mask, "policy": "per-mode",
                                   "modes": {m: {"base": base[m], "recovla": recovla[m]} for m in recovla},
@@ -154,6 +155,51 @@ def test_report_targets_over_every_task(tmp_path, fixture_runs):
     assert not any(r["kind"] == "overall" for r in single["rows"]) and single["targets"]["recovla_mjx"]["modes"] == 3
 
 
+def test_report_across_seeds(tmp_path):
+    """Two seeds of ReCoVLA on one bank: the main table keeps the last run given, the seed section shows both with
+    their mean and range, the targets add a line averaged over seeds, and the CSV carries each seed's row."""
+    from experiments.report import build_report
+
+    base = {m: _w(1, 20) for m in MODES}
+    s0 = _main_run(tmp_path, "seed0", selector="rules", seed=0, base=base,
+                   recovla={"missed_handle": _w(15, 20), "slipped_off": _w(10, 20), "misaligned_gripper": _w(20, 20)})
+    _write(s0 / "baselines" / "finetune" / "results.json", {
+        "method": "finetune", "budget": {"num_envs": 128, "timesteps_per_policy": 250_000}, "device": {"platform": "cpu"},
+        "modes": {m: {"policy": _w(5, 20)} for m in MODES}})
+    s1 = _main_run(tmp_path, "seed1", selector="rules", seed=1, base=base,
+                   recovla={"missed_handle": _w(19, 20), "slipped_off": _w(12, 20)})
+    for run, ok in ((s0, 6), (s1, 9)):
+        _write(run / "sim2sim" / "sim2sim.json", {"modes": {"missed_handle": {"native": {"runtime_rules": _w(ok, 10)}}}})
+    rep = build_report([s0, s1], tmp_path / "r", plot=False)
+    mh = next(r for r in rep["rows"] if r["row"] == "missed_handle")
+    assert mh["cells"]["recovla-rules"]["rate"] == 0.95  # the last run given
+    assert mh["cells"]["sim2sim"]["rate"] == 0.9  # its sim-to-sim too, like the targets' column
+    rows = {(r["kind"], r["row"], r["method"]): r for r in rep["seeds"] if r["method"] == "sim2sim"}
+    assert rows[("seed", "missed_handle", "sim2sim")]["range"] == pytest.approx(0.3)
+    rows = {(r["kind"], r["row"]): r for r in rep["seeds"] if r["method"] != "sim2sim"}
+    assert {r["method"] for r in rep["seeds"]} == {"recovla-rules", "sim2sim"}  # the fine-tuned base has one seed only
+    seeded = rows[("seed", "missed_handle")]
+    assert seeded["mean"] == pytest.approx(0.85) and seeded["range"] == pytest.approx(0.2) and seeded["runs"] == 2
+    assert rows[("seed", "misaligned_gripper")]["runs"] == 1 and rows[("seed", "misaligned_gripper")]["range"] is None
+    avg = rows[("seed-average", "drawer average")]
+    assert avg["seeds"][0]["rate"] == pytest.approx(0.75) and avg["seeds"][1] is None and avg["runs"] == 1
+    assert avg["range"] is None
+    # targets: per cell, the mean over the seeds that ran it: (0.85 + 0.55 + 1.0) / 3
+    assert rep["targets"]["recovla_mjx_seed_mean"]["rate"] == pytest.approx(0.8)
+    text = rep["text"]
+    assert "## Across seeds" in text and "| seed 0 | seed 1 | mean of seeds | range (max - min) |" in text
+    assert "| drawer | ReCoVLA (rules) | missed_handle | 75.0% [" in text and "| 85.0% | 20.0 pp |" in text
+    assert "| — | 100.0% | — |" in text  # misaligned_gripper: one seed, no range
+    assert "each cell averaged over its seeds (drawer; the others one run): **80.0%** over 3 of 3 cells" in text
+    with rep["csv"].open() as f:
+        seed_csv = [r for r in csv.DictReader(f) if r["kind"] == "seed" and r["method"] == "recovla-rules"]
+    assert sorted((r["row"], r["seed"]) for r in seed_csv) == [
+        ("misaligned_gripper", "0"), ("missed_handle", "0"), ("missed_handle", "1"), ("slipped_off", "0"), ("slipped_off", "1")]
+    # one seed per method: no section, no extra target line
+    single = build_report([s0], tmp_path / "one", plot=False)
+    assert single["seeds"] == [] and "Across seeds" not in single["text"] and single["targets"]["recovla_mjx_seed_mean"] is None
+
+
 def test_main_job_verdict_asks_for_the_targets_trial_count():
     """The main job's verdict and the report read the same targets; a cell under 200 held-out trials fails the
     verdict even at a high average."""
@@ -240,6 +286,24 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
         benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--train-arg=peg_insert:--alpha=2"])
     with pytest.raises(SystemExit):  # argparse: not TASK:--option
         benchmark_suite.main(["--dry-run", "--train-arg=stack"])
+    # --extra-seeds: ReCoVLA, its fine-tuned base, export and sim-to-sim again per seed, on --seed's bank
+    seeded = benchmark_suite.main(["--dry-run", "--budget=full", "--tasks", "drawer", f"--out={out}", "--seed=3",
+                                   "--extra-seeds", "4", "5"])
+    by_name = {s.name: s.argv for s in seeded}
+    run4 = out / "drawer" / "recovla-seed4"
+    assert "--seed=4" in by_name["drawer: ReCoVLA, seed 4"] and "--seed=3" not in by_name["drawer: ReCoVLA, seed 4"]
+    assert f"--bank-dir={out / 'drawer' / 'recovla' / 'bank'}" in by_name["drawer: ReCoVLA, seed 4"]
+    assert f"--run-dir={run4}" in by_name["drawer: ReCoVLA, seed 4"]
+    assert f"--run={run4}" in by_name["drawer: baseline finetune, seed 4"]
+    assert "--seed=4" in by_name["drawer: zero-shot sim-to-sim of ReCoVLA, seed 4"]
+    assert f"--run={run4}" in by_name["drawer: ONNX export of ReCoVLA, seed 4"]
+    report_runs = by_name["results table"]
+    assert report_runs.index(str(run4)) < report_runs.index(str(out / "drawer" / "recovla"))  # --seed's run last
+    assert len([n for n in by_name if "seed 5" in n]) == 4
+    with pytest.raises(SystemExit, match="--extra-seeds.*\\[3\\]"):
+        benchmark_suite.main(["--dry-run", "--tasks", "drawer", f"--out={out}", "--seed=3", "--extra-seeds", "3"])
+    with pytest.raises(SystemExit, match="--extra-seeds.*\\[4\\]"):
+        benchmark_suite.main(["--dry-run", "--tasks", "drawer", f"--out={out}", "--extra-seeds", "4", "4"])
     from recovla_jax.utils.jax_setup import on_accelerator
 
     assert benchmark_suite.resolve_budget("auto")[0] == ("full" if on_accelerator() else "reduced")

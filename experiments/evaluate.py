@@ -13,7 +13,9 @@ nominal-task success with the runtime on vs the base alone. Writes sim2sim.json,
 episodes the runtime loses against the policy alone) and episodes.jsonl (one line per episode and arm: success,
 steps, every runtime switch with its step and reason) into
 --out (default RUN/sim2sim). Uses RUN/export (run `python -m experiments.export` first; if it is
-missing it is created). Imports no JAX unless it has to export.
+missing it is created). `--states=train` starts the bank's train states instead (default --out RUN/sim2sim-train):
+for choosing runtime settings such as --recovery-stall-steps without looking at held-out states; the report never
+reads it. Imports no JAX unless it has to export.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-dir", default=None, help="exported models (default RUN/export)")
     p.add_argument("--out", default=None, help="where sim2sim.json/.md and episodes.jsonl go (default RUN/sim2sim)")
     p.add_argument("--episodes-per-mode", type=int, default=None, help="held-out states per failure mode (default: all)")
+    p.add_argument("--states", choices=["heldout", "train"], default="heldout",
+                   help="which failure-bank split to start: heldout (the results) or train (to choose runtime settings; "
+                        "default --out RUN/sim2sim-train)")
     p.add_argument("--nominal-episodes", type=int, default=100, help="nominal-start episodes per arm (0: skip)")
     p.add_argument("--max-steps", type=int, default=None, help="control steps per episode (default: training's episode length)")
     p.add_argument("--seed", type=int, default=0, help="seed of dynamics draws, noise and nominal starts")
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from recovla_jax.evaluation.sim2sim import FAILURE_ARMS, NOMINAL_ARMS, Sim2SimConfig, Sim2SimEvaluator, write_report
+    from recovla_jax.evaluation.sim2sim import (FAILURE_ARMS, NOMINAL_ARMS, SPLIT_CODES, Sim2SimConfig, Sim2SimEvaluator,
+                                                write_report)
     from recovla_jax.runtime.manifest import MANIFEST_NAME, load_manifest
     from recovla_jax.runtime.onnx_policy import OnnxBasePolicy
     from recovla_jax.runtime.robots.native import NativeDynamics
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         dyn["action_latency_steps"] = (lo, hi)
     dynamics = NativeDynamics(**dyn)
     cfg = Sim2SimConfig(episodes_per_mode=args.episodes_per_mode, nominal_episodes=args.nominal_episodes, seed=args.seed,
-                        max_steps=args.max_steps, dynamics=dynamics,
+                        max_steps=args.max_steps, dynamics=dynamics, states=args.states,
                         monitor=MonitorConfig(release_on=args.release_on, stall_without_failure=args.stall_without_failure,
                                               recovery_stall_steps=args.recovery_stall_steps),
                         safety_overrides={} if args.max_residual_norm is None else {"max_residual_norm": args.max_residual_norm})
@@ -129,14 +135,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown --base {args.base!r}: use 'onnx' or 'openpi-local'")
 
     evaluator = Sim2SimEvaluator(export_dir, manifest, base, cfg)
-    held = bank["split"] == 1
+    held = bank["split"] == SPLIT_CODES[args.states]
     n_fail = 0
     for i, m in enumerate(bank_meta["modes"]):
         if m in evaluator.library:
             k = int(np.sum(held & (bank["mode"] == i)))
             n_fail += min(k, args.episodes_per_mode) if args.episodes_per_mode is not None else k
     total = n_fail * len(FAILURE_ARMS) + args.nominal_episodes * len(NOMINAL_ARMS)
-    console.print(f"sim2sim: {n_fail} held-out failure states x {len(FAILURE_ARMS)} arms + {args.nominal_episodes} nominal "
+    split_label = "held-out" if args.states == "heldout" else "TRAIN"
+    console.print(f"sim2sim: {n_fail} {split_label} failure states x {len(FAILURE_ARMS)} arms + {args.nominal_episodes} nominal "
                   f"x {len(NOMINAL_ARMS)} arms on native MuJoCo, base={args.base}")
     t0 = time.time()
     counts = {"ok": 0, "done": 0}
@@ -160,12 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
         "task": manifest.task, "run_dir": str(run.absolute()), "export_dir": str(export_dir.absolute()),
         "max_steps": evaluator.max_steps, "rate_hz": manifest.control.rate_hz, "wall_seconds": time.time() - t0,
         "hand_back": evaluator.hand_back,
-        "config": {"backend": args.backend, "base": args.base, "seed": args.seed,
+        "config": {"backend": args.backend, "base": args.base, "seed": args.seed, "states": args.states,
                    "episodes_per_mode": args.episodes_per_mode, "nominal_episodes": args.nominal_episodes,
                    "dynamics": dynamics.model_dump(mode="json"), "monitor": cfg.monitor.model_dump(),
                    "safety": evaluator.runtimes["runtime_oracle"].safety.cfg.model_dump(mode="json")},
     })
-    out = Path(args.out) if args.out else run / "sim2sim"
+    out = Path(args.out) if args.out else run / ("sim2sim" if args.states == "heldout" else "sim2sim-train")
     out.mkdir(parents=True, exist_ok=True)
     jpath, mpath = write_report(results, out)
     console.print(mpath.read_text())

@@ -213,6 +213,9 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
             table.put_nominal(task, method, nom_res["nominal"].get("policy"), src)
             t["nominal_base"].insert(0, (method, nom_res["nominal"].get("base"), src))
         s2s = _read(run / "sim2sim" / "sim2sim.json")
+        if s2s is not None and s2s.get("states", "heldout") != "heldout":
+            table.notes.append(f"{run}/sim2sim: started the bank's {s2s['states']} states, not held-out ones: not shown")
+            s2s = None
         if s2s is not None and method.startswith("recovla-"):  # the last ReCoVLA run given, like the targets' column
             src = str(run / "sim2sim")
             table.put_seed(task, "sim2sim", seed, {m: (e.get("native") or {}).get(sim2sim_arm)

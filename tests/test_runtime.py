@@ -534,6 +534,38 @@ def test_evaluate_recovery_stall_steps_option():
             build_parser().parse_args(["--run=r", f"--recovery-stall-steps={bad}"])
 
 
+def test_evaluate_on_train_states(fake_run, fake_export, tmp_path):
+    """--states=train starts only the bank's train rows, writes RUN/sim2sim-train without an MJX comparison (MJX's
+    numbers are held-out), labels the report TRAIN, and the results table refuses it as a sim2sim column."""
+    import shutil
+
+    from experiments.evaluate import main
+    from experiments.report import build_report
+    from recovla_jax.evaluation.sim2sim import Sim2SimConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run, ignore=shutil.ignore_patterns("export", "sim2sim*"))
+    res = main([f"--run={run}", f"--export-dir={fake_export}", "--states=train", "--episodes-per-mode=1",
+                "--nominal-episodes=0", "--max-steps=6"])
+    out = run / "sim2sim-train"
+    assert res["states"] == "train" and res["config"]["states"] == "train" and not (run / "sim2sim").exists()
+    with np.load(run / "bank" / "bank.npz") as z:
+        split, mode = z["split"], z["mode"]
+    modes = json.loads((run / "bank" / "bank.json").read_text())["modes"]
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert episodes and all(split[e["state"]] == 0 for e in episodes if e["state"] is not None)
+    for m, e in res["modes"].items():
+        assert e["train_states"] == int(np.sum((split == 0) & (mode == modes.index(m)))) > 0
+        assert "heldout_states" not in e and e["mjx"]["recovla"] is None and e["gap"]["policy_minus_mjx_recovla"] is None
+    assert "**TRAIN failure states**" in (out / "sim2sim.md").read_text()
+    out.rename(run / "sim2sim")  # even placed where the report looks, train states never fill the sim2sim column
+    rep = build_report([run], tmp_path / "report", plot=False)
+    assert all(r["cells"]["sim2sim"] is None for r in rep["rows"] if r["kind"] == "mode")
+    assert any("train states, not held-out ones" in n for n in rep["notes"])
+    with pytest.raises(ValueError, match="valid are"):
+        Sim2SimConfig(states="test")
+
+
 def test_evaluate_refuses_a_residual_cap_that_is_not_positive():
     from experiments.evaluate import build_parser
 

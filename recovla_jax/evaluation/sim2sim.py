@@ -11,6 +11,8 @@ seed disjoint from training's):
                   native state) -> recovery policy -> back to base on progress/success
   runtime_rules   the same with the rules-based selector on the (noisy) observation
 Nominal starts compare base alone with the runtime (a recovery module must not break what worked).
+`Sim2SimConfig.states="train"` starts the bank's train states instead: for choosing runtime settings (such as the
+stall window) without looking at held-out states; its rates are not results and carry no MJX comparison.
 Success rates come with Wilson 95% CIs and n, next to the MJX numbers of the same policies (results.json).
 Imports no JAX for the drawer (its native robot is a NumPy twin); other tasks simulate the robot's
 sensors with the JAX task's own functions (`evaluation.native_task`), the runtime itself stays JAX-free.
@@ -44,6 +46,7 @@ if TYPE_CHECKING:  # the task package imports JAX; the annotation needs none of 
 
 FAILURE_ARMS = ("base", "policy", "runtime_oracle", "runtime_rules")
 NOMINAL_ARMS = ("base", "runtime_oracle", "runtime_rules")
+SPLIT_CODES = {"train": 0, "heldout": 1}  # the bank's `split` column (failures.bank; imported there with JAX)
 STATE_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")  # a bank row (the scene has no mocap bodies: empty)
 # The whole-episode residual arm: recovery from the first step, never handed back, never re-diagnosed.
 POLICY_MONITOR = MonitorConfig(check_on_start=True, check_every=0, stall_steps=10_000, release_on="success",
@@ -64,6 +67,11 @@ class Sim2SimConfig:
     dynamics: NativeDynamics = field(default_factory=NativeDynamics)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     safety_overrides: dict = field(default_factory=dict)
+    states: str = "heldout"  # which bank split to start: "heldout" (results) or "train" (choosing runtime settings)
+
+    def __post_init__(self) -> None:
+        if self.states not in SPLIT_CODES:
+            raise ValueError(f"Sim2SimConfig.states={self.states!r}: valid are {sorted(SPLIT_CODES)}")
 
 
 @dataclass
@@ -171,13 +179,15 @@ class Sim2SimEvaluator:
     def run(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...],
             mjx_results: dict | None, on_episode: Callable[[str, str, bool], None] | None = None) -> dict:
         cfg, man = self.cfg, self.manifest
-        out: dict = {"modes": {}, "nominal": {}, "episodes": []}
-        held = np.asarray(bank_arrays["split"]) == 1
+        out: dict = {"modes": {}, "nominal": {}, "episodes": [], "states": cfg.states}
+        held = np.asarray(bank_arrays["split"]) == SPLIT_CODES[cfg.states]
+        if cfg.states != "heldout":
+            mjx_results = None  # MJX's numbers are held-out: no comparison for train states
         for m in man.failure_modes:
             if m not in self.library:
                 continue
             idx = np.flatnonzero(held & (np.asarray(bank_arrays["mode"]) == bank_modes.index(m)))
-            total_heldout = len(idx)
+            split_total = len(idx)
             if cfg.episodes_per_mode is not None:
                 idx = idx[: cfg.episodes_per_mode]
             if len(idx) == 0:
@@ -196,7 +206,7 @@ class Sim2SimEvaluator:
             mjx = (mjx_results or {}).get(m, {})
             native = {a: _rate(rs) for a, rs in arms.items()}
             entry = {
-                "n": int(len(idx)), "heldout_states": int(total_heldout),
+                "n": int(len(idx)), f"{cfg.states}_states": int(split_total),
                 "mjx": {"base": mjx.get("base"), "recovla": mjx.get("recovla")},
                 "native": native,
                 "gap": {
@@ -315,7 +325,9 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         + ("keeps its policy" if c["monitor"].get("stall_without_failure") == "keep" else "goes back to the base")
         + f"; a recovery is re-diagnosed after {c['monitor'].get('recovery_stall_steps', '?')} steps without progress",
         "",
-        "## Recovery from held-out failure states (Wilson 95% CI)",
+        *(["", "**TRAIN failure states** (the policies trained on them): for choosing runtime settings, not results.", ""]
+          if results.get("states") == "train" else []),
+        f"## Recovery from {'train' if results.get('states') == 'train' else 'held-out'} failure states (Wilson 95% CI)",
         "",
         ("| failure mode | MJX base | MJX ReCoVLA | native base | native policy | native runtime (oracle) "
          "| native runtime (rules) | gap policy vs MJX |"),
@@ -323,7 +335,8 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
     ]
     for m, e in results["modes"].items():
         n = e["native"]
-        note = "" if e["n"] == e["heldout_states"] else f" (first {e['n']} of {e['heldout_states']})"
+        total = e.get("heldout_states", e.get("train_states"))
+        note = "" if e["n"] == total else f" (first {e['n']} of {total})"
         lines.append(f"| {m}{note} | {_fmt(e['mjx']['base'])} | {_fmt(e['mjx']['recovla'])} | {_fmt(n['base'])} | "
                      f"{_fmt(n['policy'])} | {_fmt(n['runtime_oracle'])} | {_fmt(n['runtime_rules'])} | "
                      f"{_pp(e['gap']['policy_minus_mjx_recovla'])} |")

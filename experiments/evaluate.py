@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recovery-stall-steps", type=positive_int, default=MONITOR_DEFAULTS.recovery_stall_steps,
                    help=f"re-diagnose a recovery after this many steps without task progress (default "
                         f"{MONITOR_DEFAULTS.recovery_stall_steps}, the runtime's; pick_place's missed_grasp recoveries "
-                        "stall past 50 steps while re-grasping, docs/experiments.md session 24)")
+                        "stall past 50 steps while re-grasping; experiments.benchmark_suite runs pick_place at 100, "
+                        "chosen with --states=train, docs/experiments.md sessions 24-25)")
     p.add_argument("--max-residual-norm", type=positive_float, default=None,
                    help="override the manifest's residual norm cap (> 0; a tiny cap such as 1e-6 switches residuals off "
                         "while the runtime still switches: an ablation)")

@@ -52,6 +52,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 REDUCED = {"train": ["--num-envs=64", "--timesteps=40000", "--candidates=256", "--min-heldout=0"],
            "nominal": ["--nominal-episodes=32"], "sim2sim": ["--episodes-per-mode=20", "--nominal-episodes=20"]}
@@ -159,7 +160,7 @@ def check_extra_seeds(seed: int, extra_seeds: list[int]) -> list[int]:
 
 def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto", seed: int = 0,
                 sim2sim_arm: str = "runtime_rules", export_tolerance: float | None = None,
-                train_args: dict[str, list[str]] | None = None, extra_seeds: list[int] = (),
+                train_args: dict[str, list[str]] | None = None, extra_seeds: Sequence[int] = (),
                 sim2sim_args: dict[str, tuple[str, ...]] | None = None) -> list[Step]:
     """Every command of the suite, in order (see the module docstring); `train_args[task]` go to its main-job runs
     (default: `TASK_TRAIN_ARGS`), `sim2sim_args[task]` to its sim-to-sim evaluations (default: `TASK_SIM2SIM_ARGS`)."""

@@ -177,7 +177,11 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
         task_args = train_args.get(task, [])
         if budget == "reduced":
             task_args = reduced_task_args(task_args)
-        train = ["-m", "experiments.train", f"--task={task}", f"--seed={seed}", *b["train"], *task_args]
+
+        def train_argv(run_seed: int) -> list[str]:
+            return ["-m", "experiments.train", f"--task={task}", f"--seed={run_seed}", *b["train"], *task_args]
+
+        train = train_argv(seed)
 
         def export_and_sim2sim(run: Path, run_seed: int, label: str) -> list[Step]:
             return [Step(f"{task}: ONNX export of {label}", ["-m", "experiments.export", f"--run={run}"]
@@ -207,8 +211,7 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
         seeded: list[Path] = []
         for k in extra_seeds:
             run = root / f"recovla-seed{k}"
-            seed_train = [a if not a.startswith("--seed=") else f"--seed={k}" for a in train]
-            steps += [Step(f"{task}: ReCoVLA, seed {k}", [*seed_train, f"--run-dir={run}", f"--selector={selector}",
+            steps += [Step(f"{task}: ReCoVLA, seed {k}", [*train_argv(k), f"--run-dir={run}", f"--selector={selector}",
                                                           f"--bank-dir={bank}"], run / "results.json"),
                       Step(f"{task}: baseline finetune, seed {k}", ["-m", "experiments.baselines", f"--run={run}",
                                                                      "--method=finetune", *b["nominal"]],
@@ -226,8 +229,9 @@ def main(argv: list[str] | None = None) -> list[Step]:
     budget, why = resolve_budget(args.budget)
     tasks = args.tasks or default_tasks()
     per_task = task_train_args(tasks, args.train_arg, use_defaults=not args.no_task_args)
+    per_task_sim2sim = {} if args.no_task_args else {t: TASK_SIM2SIM_ARGS[t] for t in tasks if t in TASK_SIM2SIM_ARGS}
     steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance,
-                        per_task, args.extra_seeds, None if not args.no_task_args else {})
+                        per_task, args.extra_seeds, per_task_sim2sim)
     python = sys.executable
     if budget == "reduced":
         print(f"benchmark suite: REDUCED budget ({why}): {' '.join(REDUCED['train'])} per main-job run, "
@@ -239,8 +243,8 @@ def main(argv: list[str] | None = None) -> list[Step]:
     for t, extra in per_task.items():
         if extra:
             print(f"{t}: main-job runs with {' '.join(extra)}")
-        if not args.no_task_args and TASK_SIM2SIM_ARGS.get(t):
-            print(f"{t}: sim-to-sim with {' '.join(TASK_SIM2SIM_ARGS[t])}")
+        if per_task_sim2sim.get(t):
+            print(f"{t}: sim-to-sim with {' '.join(per_task_sim2sim[t])}")
     for i, s in enumerate(steps, 1):
         print(f"[{i:2d}] {s.name}\n     {s.shell(python)}")
     if args.dry_run:

@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from recovla_jax.evaluation.sim2sim import (FAILURE_ARMS, NOMINAL_ARMS, SPLIT_CODES, Sim2SimConfig, Sim2SimEvaluator,
-                                                write_report)
+    from recovla_jax.evaluation.sim2sim import FAILURE_ARMS, NOMINAL_ARMS, Sim2SimConfig, Sim2SimEvaluator, write_report
     from recovla_jax.runtime.manifest import MANIFEST_NAME, load_manifest
     from recovla_jax.runtime.onnx_policy import OnnxBasePolicy
     from recovla_jax.runtime.robots.native import NativeDynamics
@@ -136,12 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown --base {args.base!r}: use 'onnx' or 'openpi-local'")
 
     evaluator = Sim2SimEvaluator(export_dir, manifest, base, cfg)
-    held = bank["split"] == SPLIT_CODES[args.states]
-    n_fail = 0
-    for i, m in enumerate(bank_meta["modes"]):
-        if m in evaluator.library:
-            k = int(np.sum(held & (bank["mode"] == i)))
-            n_fail += min(k, args.episodes_per_mode) if args.episodes_per_mode is not None else k
+    n_fail = sum(len(idx) for idx, _ in evaluator.failure_starts(bank, tuple(bank_meta["modes"])).values())
     total = n_fail * len(FAILURE_ARMS) + args.nominal_episodes * len(NOMINAL_ARMS)
     split_label = "held-out" if args.states == "heldout" else "TRAIN"
     console.print(f"sim2sim: {n_fail} {split_label} failure states x {len(FAILURE_ARMS)} arms + {args.nominal_episodes} nominal "

@@ -132,6 +132,12 @@ class Table:
         if kept:
             self.task(task)["seeds"].setdefault(method, {})[int(seed)] = (kept, source)
 
+    def put_cells(self, task: str, method: str, seed: int | None, cells: dict[str, dict | None], source: str) -> None:
+        """One run's per-mode cells of a column: into the table (the last run given wins) and under the run's seed."""
+        for row, cell in cells.items():
+            self.put(task, row, method, cell, source)
+        self.put_seed(task, method, seed, cells, source)
+
     def put(self, task: str, row: str, method: str, cell: dict | None, source: str) -> None:
         if cell is None:
             return
@@ -176,10 +182,9 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
             t["recovla_method"] = method  # the last ReCoVLA run given for a task is its entry in the targets
         t["banks"][str(run)] = (results.get("bank") or {}).get("counts")
         seed = config.get("seed")
-        table.put_seed(task, method, seed, {m: r.get("recovla") for m, r in results.get("modes", {}).items()}, str(run))
         table.sources.append({"task": task, "column": label, "run": str(run), "budget": _budget(config)})
+        table.put_cells(task, method, seed, {m: r.get("recovla") for m, r in results.get("modes", {}).items()}, str(run))
         for m, r in results.get("modes", {}).items():
-            table.put(task, m, method, r.get("recovla"), str(run))
             if r.get("base"):
                 t["base_candidates"].append((method, m, r["base"], str(run)))
         for b in BASELINES:
@@ -196,9 +201,7 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
                 table.notes.append(f"{src}: trained with a budget different from its run's ({bud.get('num_envs')} envs, "
                                    f"{bud.get('timesteps_per_policy')} steps/policy vs {bud.get('run_num_envs')}, "
                                    f"{bud.get('run_timesteps_per_policy')})")
-            for m, r in res.get("modes", {}).items():
-                table.put(task, m, b, r.get("policy"), src)
-            table.put_seed(task, b, seed, {m: r.get("policy") for m, r in res.get("modes", {}).items()}, src)
+            table.put_cells(task, b, seed, {m: r.get("policy") for m, r in res.get("modes", {}).items()}, src)
             for m, ok in (res.get("base_matches_run") or {}).items():
                 if not ok:
                     table.notes.append(f"{src}: base alone on {m} differs from the run's own evaluation "
@@ -218,10 +221,9 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
             s2s = None
         if s2s is not None and method.startswith("recovla-"):  # the last ReCoVLA run given, like the targets' column
             src = str(run / "sim2sim")
-            table.put_seed(task, "sim2sim", seed, {m: (e.get("native") or {}).get(sim2sim_arm)
-                                                   for m, e in s2s.get("modes", {}).items()}, src)
+            table.put_cells(task, "sim2sim", seed, {m: (e.get("native") or {}).get(sim2sim_arm)
+                                                    for m, e in s2s.get("modes", {}).items()}, src)
             for m, e in s2s.get("modes", {}).items():
-                table.put(task, m, "sim2sim", (e.get("native") or {}).get(sim2sim_arm), src)
                 if e.get("n") is not None and e.get("heldout_states") and e["n"] < e["heldout_states"]:
                     table.notes.append(f"{src}: sim2sim {m} ran the first {e['n']} of {e['heldout_states']} held-out states")
             nominal = (s2s.get("nominal") or {}).get("native") or {}
@@ -230,7 +232,7 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
                 table.put_nominal(task, "sim2sim", nominal[arm], src)
                 if arm != sim2sim_arm:
                     table.notes.append(f"{src}: sim2sim nominal row uses arm {arm} ({sim2sim_arm} has no nominal episodes)")
-        elif s2s is not None and not method.startswith("recovla-"):
+        elif s2s is not None:
             table.notes.append(f"{run}/sim2sim: not shown (the sim2sim column is the ReCoVLA run's)")
     for task, t in table.tasks.items():
         _fill_base(table, task, t)
@@ -337,7 +339,7 @@ def _mean_rate(cells: list[dict | None]) -> dict | None:
 
 
 def targets(table: Table, rows: list[dict], mjx_target: float = MJX_RECOVERY_TARGET,
-            native_target: float = NATIVE_RECOVERY_TARGET) -> dict | None:
+            native_target: float = NATIVE_RECOVERY_TARGET, seeds: list[dict] | None = None) -> dict | None:
     """The issue's targets over every task x mode cell of the table: ReCoVLA's mean in MJX (per task, the column of
     the last ReCoVLA run given for it, so a task with several variants counts once), its sim2sim column's mean, and
     the fine-tuned base's mean over the same cells. None without a ReCoVLA run."""
@@ -352,21 +354,18 @@ def targets(table: Table, rows: list[dict], mjx_target: float = MJX_RECOVERY_TAR
             "recovla_native": native, "native_target": native_target,
             "native_met": _met(native, len(mode_rows), native_target),
             "finetune_mjx": _mean_rate([r["cells"]["finetune"] for r in mode_rows]),
-            "recovla_mjx_seed_mean": _seed_mean(table, chosen, mode_rows)}
+            "recovla_mjx_seed_mean": _seed_mean(chosen, mode_rows, seed_rows(table) if seeds is None else seeds)}
 
 
-def _seed_mean(table: Table, chosen: dict[str, str], mode_rows: list[dict]) -> dict | None:
-    """ReCoVLA's mean over every cell where each cell is first averaged over the seeds run for it; None unless some
-    task's ReCoVLA column has two or more seeds."""
-    seeded = {task for task, m in chosen.items() if len(table.tasks[task]["seeds"].get(m, {})) >= 2}
-    if not seeded:
+def _seed_mean(chosen: dict[str, str], mode_rows: list[dict], seeds: list[dict]) -> dict | None:
+    """ReCoVLA's mean over every cell where each cell is first averaged over the seeds run for it (the seed rows'
+    means); None unless some task's ReCoVLA column has two or more seeds."""
+    means = {(r["task"], r["row"]): r["mean"] for r in seeds if r["kind"] == "seed" and chosen.get(r["task"]) == r["method"]}
+    if not means:
         return None
-    cells: list[dict | None] = []
-    for r in mode_rows:
-        by_seed = table.tasks[r["task"]]["seeds"].get(chosen.get(r["task"], ""), {})
-        rates = [c[0][r["row"]]["rate"] for c in by_seed.values() if r["row"] in c[0]] if r["task"] in seeded else []
-        cells.append({"rate": sum(rates) / len(rates)} if rates else r["cells"].get(chosen.get(r["task"])))
-    return {**_mean_rate(cells), "seeded_tasks": sorted(seeded)} if any(cells) else None
+    cells = [{"rate": means[(r["task"], r["row"])]} if (r["task"], r["row"]) in means else r["cells"].get(chosen.get(r["task"]))
+             for r in mode_rows]
+    return {**_mean_rate(cells), "seeded_tasks": sorted({task for task, _ in means})} if any(cells) else None
 
 
 def _met(mean: dict | None, cells: int, target: float) -> bool:
@@ -411,7 +410,8 @@ def _avg_cell(a: dict | None) -> str:
     return f"**{100 * a['rate']:.1f}%**{note}"
 
 
-def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Path, tg: dict | None = None) -> str:
+def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Path, tg: dict | None = None,
+                   seeds: list[dict] = ()) -> str:
     head = ["task", "family", "failure mode"] + [table.labels.get(m, m) for m in methods]
     lines = [
         "# ReCoVLA results table",
@@ -435,7 +435,7 @@ def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Pat
             cells = [fmt_cell(r["cells"][m]) for m in methods]
             lines.append(f"| {r['task']} | {r['family']} | *{r['row']}* | " + " | ".join(cells) + " |")
     lines += _target_lines(tg)
-    lines += _seed_lines(table, seed_rows(table))
+    lines += _seed_lines(table, list(seeds))
     lines += ["", "## Sources", "", "| task | column | directory | budget |", "|---|---|---|---|"]
     for s in table.sources:
         lines.append(f"| {s['task']} | {s['column']} | `{s['run']}` | {s['budget']} |")
@@ -474,7 +474,7 @@ CSV_FIELDS = ("task", "family", "row", "kind", "method", "label", "successes", "
               "modes_averaged", "source", "seed")
 
 
-def write_csv(table: Table, methods: list[str], rows: list[dict], path: Path) -> None:
+def write_csv(table: Table, methods: list[str], rows: list[dict], path: Path, seeds: list[dict] = ()) -> None:
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
@@ -487,7 +487,7 @@ def write_csv(table: Table, methods: list[str], rows: list[dict], path: Path) ->
                             "label": table.labels.get(m, m), "successes": c.get("successes", ""), "trials": c.get("trials", ""),
                             "rate": c["rate"], "ci_low": c.get("ci_low", ""), "ci_high": c.get("ci_high", ""),
                             "modes_averaged": c.get("modes", ""), "source": r["sources"].get(m) or ""})
-        for r in seed_rows(table):
+        for r in seeds:
             for seed, c in r["seeds"].items():
                 if not c:
                     continue
@@ -538,14 +538,15 @@ def build_report(runs: list[Path], out: Path, sim2sim_arm: str = "runtime_rules"
     if not table.tasks:
         raise SystemExit("no finished run among --runs (none has results.json)")
     methods, rows = build_rows(table, families or dict(TASK_FAMILIES))
-    tg = targets(table, rows)
-    md = write_markdown(table, methods, rows, out / "report.md", tg)
-    write_csv(table, methods, rows, out / "report.csv")
+    seeds = seed_rows(table)
+    tg = targets(table, rows, seeds=seeds)
+    md = write_markdown(table, methods, rows, out / "report.md", tg, seeds)
+    write_csv(table, methods, rows, out / "report.csv", seeds)
     if plot:
         write_plot(table, methods, rows, out / "report.png")
     return {"markdown": out / "report.md", "csv": out / "report.csv", "png": out / "report.png" if plot else None,
             "methods": methods, "labels": table.labels, "rows": rows, "notes": table.notes, "text": md,
-            "targets": tg, "seeds": seed_rows(table)}
+            "targets": tg, "seeds": seeds}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -176,20 +176,26 @@ class Sim2SimEvaluator:
         }
         self.physics_times: list[float] = []
 
-    def run(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...],
-            mjx_results: dict | None, on_episode: Callable[[str, str, bool], None] | None = None) -> dict:
-        cfg, man = self.cfg, self.manifest
-        out: dict = {"modes": {}, "nominal": {}, "episodes": [], "states": cfg.states}
-        held = np.asarray(bank_arrays["split"]) == SPLIT_CODES[cfg.states]
-        if cfg.states != "heldout":
-            mjx_results = None  # MJX's numbers are held-out: no comparison for train states
-        for m in man.failure_modes:
+    def failure_starts(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...]) -> dict[str, tuple]:
+        """Mode -> (bank rows to start, how many rows of the mode the split has), for each mode with a recovery
+        policy, in the manifest's order: the first `episodes_per_mode` rows of `cfg.states`' split."""
+        in_split = np.asarray(bank_arrays["split"]) == SPLIT_CODES[self.cfg.states]
+        starts = {}
+        for m in self.manifest.failure_modes:
             if m not in self.library:
                 continue
-            idx = np.flatnonzero(held & (np.asarray(bank_arrays["mode"]) == bank_modes.index(m)))
-            split_total = len(idx)
-            if cfg.episodes_per_mode is not None:
-                idx = idx[: cfg.episodes_per_mode]
+            idx = np.flatnonzero(in_split & (np.asarray(bank_arrays["mode"]) == bank_modes.index(m)))
+            n = self.cfg.episodes_per_mode
+            starts[m] = (idx if n is None else idx[:n], len(idx))
+        return starts
+
+    def run(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...],
+            mjx_results: dict | None, on_episode: Callable[[str, str, bool], None] | None = None) -> dict:
+        cfg = self.cfg
+        out: dict = {"modes": {}, "nominal": {}, "episodes": [], "states": cfg.states}
+        if cfg.states != "heldout":
+            mjx_results = None  # MJX's numbers are held-out: no comparison for train states
+        for m, (idx, split_total) in self.failure_starts(bank_arrays, bank_modes).items():
             if len(idx) == 0:
                 continue
             arms: dict[str, list[EpisodeResult]] = {a: [] for a in FAILURE_ARMS}

@@ -31,7 +31,8 @@ them from the run's config.json, so they follow.
 The reduced budget keeps one warm-start round (`--expert-warm-start=1`): the warm start's rollouts do not shrink
 with the budget (512 per round). Sim-to-sim runs every task with the runtime's defaults (since session 23 a
 stalled recovery keeps its policy driving when the selector sees no failure: stack 83.3% against 67.0%, session 19),
-plus `TASK_SIM2SIM_ARGS`: pick_place re-diagnoses a stalled recovery after 100 steps instead of 50, chosen on the
+plus `TASK_EXPORT_ARGS`: pick_place's export writes a stall window of 100 steps into the manifest (the runtime
+re-diagnoses a stalled recovery after 100 steps instead of 50; the native sim-to-sim reads it from there), chosen on the
 run's TRAIN states (`experiments.evaluate --states=train`, first 300 per mode: runtime 87.8% / 88.8% / 88.6% at 50 /
 100 / 150, the policies alone 88.6%; session 25): its missed_grasp policy re-grasps for longer than 50 steps
 without progress, and the re-diagnosis then switched to knocked_away's policy.
@@ -62,7 +63,7 @@ TASK_TRAIN_ARGS: dict[str, tuple[str, ...]] = {"pick_place": ("--alpha=2", "--ex
                                                                "--warm-start-fit-steps=8000"),
                                                 "stack": ("--alpha=2", "--expert-warm-start=3"),
                                                 "peg_insert": ("--alpha=2", "--expert-warm-start=24")}
-TASK_SIM2SIM_ARGS: dict[str, tuple[str, ...]] = {"pick_place": ("--recovery-stall-steps=100",)}
+TASK_EXPORT_ARGS: dict[str, tuple[str, ...]] = {"pick_place": ("--recovery-stall-steps=100",)}
 REDUCED_WARM_START = "--expert-warm-start=1"  # a smoke run: one DAgger round instead of the table's
 
 
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-arg", action="append", default=[], type=task_train_arg, metavar="TASK:ARG",
                    help="an experiments.train option for TASK's main-job runs, e.g. stack:--hand-back-delay=50 (repeatable)")
     p.add_argument("--no-task-args", action="store_true",
-                   help=f"drop the per-task defaults: training {TASK_TRAIN_ARGS}, sim-to-sim {TASK_SIM2SIM_ARGS}")
+                   help=f"drop the per-task defaults: training {TASK_TRAIN_ARGS}, export {TASK_EXPORT_ARGS}")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--skip-existing", action="store_true", help="skip steps whose output already exists (resume a suite)")
     p.add_argument("--keep-going", action="store_true", help="run the remaining steps (and the report) after a failure")
@@ -161,10 +162,10 @@ def check_extra_seeds(seed: int, extra_seeds: list[int]) -> list[int]:
 def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto", seed: int = 0,
                 sim2sim_arm: str = "runtime_rules", export_tolerance: float | None = None,
                 train_args: dict[str, list[str]] | None = None, extra_seeds: Sequence[int] = (),
-                sim2sim_args: dict[str, tuple[str, ...]] | None = None) -> list[Step]:
+                export_args: dict[str, tuple[str, ...]] | None = None) -> list[Step]:
     """Every command of the suite, in order (see the module docstring); `train_args[task]` go to its main-job runs
-    (default: `TASK_TRAIN_ARGS`), `sim2sim_args[task]` to its sim-to-sim evaluations (default: `TASK_SIM2SIM_ARGS`)."""
-    sim2sim_args = TASK_SIM2SIM_ARGS if sim2sim_args is None else sim2sim_args
+    (default: `TASK_TRAIN_ARGS`), `export_args[task]` to its ONNX exports (default: `TASK_EXPORT_ARGS`)."""
+    export_args = TASK_EXPORT_ARGS if export_args is None else export_args
     extra_seeds = check_extra_seeds(seed, list(extra_seeds))
     b = REDUCED if budget == "reduced" else FULL
     train_args = task_train_args(tasks, []) if train_args is None else train_args
@@ -184,12 +185,12 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
         train = train_argv(seed)
 
         def export_and_sim2sim(run: Path, run_seed: int, label: str) -> list[Step]:
-            return [Step(f"{task}: ONNX export of {label}", ["-m", "experiments.export", f"--run={run}"]
-                         + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]),
+            export = ["-m", "experiments.export", f"--run={run}", *export_args.get(task, ())]
+            return [Step(f"{task}: ONNX export of {label}",
+                         export + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]),
                          run / "export" / "manifest.json"),
                     Step(f"{task}: zero-shot sim-to-sim of {label}", ["-m", "experiments.evaluate", f"--run={run}",
-                                                                      "--backend=mujoco", f"--seed={run_seed}", *b["sim2sim"],
-                                                                      *sim2sim_args.get(task, ())],
+                                                                      "--backend=mujoco", f"--seed={run_seed}", *b["sim2sim"]],
                          run / "sim2sim" / "sim2sim.json")]
 
         steps += [
@@ -229,9 +230,9 @@ def main(argv: list[str] | None = None) -> list[Step]:
     budget, why = resolve_budget(args.budget)
     tasks = args.tasks or default_tasks()
     per_task = task_train_args(tasks, args.train_arg, use_defaults=not args.no_task_args)
-    per_task_sim2sim = {} if args.no_task_args else {t: TASK_SIM2SIM_ARGS[t] for t in tasks if t in TASK_SIM2SIM_ARGS}
+    per_task_export = {} if args.no_task_args else {t: TASK_EXPORT_ARGS[t] for t in tasks if t in TASK_EXPORT_ARGS}
     steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance,
-                        per_task, args.extra_seeds, per_task_sim2sim)
+                        per_task, args.extra_seeds, per_task_export)
     python = sys.executable
     if budget == "reduced":
         print(f"benchmark suite: REDUCED budget ({why}): {' '.join(REDUCED['train'])} per main-job run, "
@@ -243,8 +244,8 @@ def main(argv: list[str] | None = None) -> list[Step]:
     for t, extra in per_task.items():
         if extra:
             print(f"{t}: main-job runs with {' '.join(extra)}")
-        if per_task_sim2sim.get(t):
-            print(f"{t}: sim-to-sim with {' '.join(per_task_sim2sim[t])}")
+        if per_task_export.get(t):
+            print(f"{t}: ONNX export with {' '.join(per_task_export[t])}")
     for i, s in enumerate(steps, 1):
         print(f"[{i:2d}] {s.name}\n     {s.shell(python)}")
     if args.dry_run:

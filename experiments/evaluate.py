@@ -56,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a recovery that stalls while the selector sees no failure: keep the recovery policy driving "
                         "(default) or hand back to the base (stack's whole-episode residuals lost most runtime episodes "
                         "to the hand-back, docs/experiments.md)")
-    p.add_argument("--recovery-stall-steps", type=positive_int, default=MONITOR_DEFAULTS.recovery_stall_steps,
-                   help=f"re-diagnose a recovery after this many steps without task progress (default "
-                        f"{MONITOR_DEFAULTS.recovery_stall_steps}, the runtime's; pick_place's missed_grasp recoveries "
-                        "stall past 50 steps while re-grasping; experiments.benchmark_suite runs pick_place at 100, "
-                        "chosen with --states=train, docs/experiments.md sessions 24-25)")
+    p.add_argument("--recovery-stall-steps", type=positive_int, default=None,
+                   help="re-diagnose every recovery after this many steps without task progress, overriding the "
+                        "manifest (default: each policy's window from the export, experiments.export "
+                        f"--recovery-stall-steps, else the runtime's {MONITOR_DEFAULTS.recovery_stall_steps}); for "
+                        "choosing a window with --states=train (pick_place: 100, docs/experiments.md sessions 24-25)")
     p.add_argument("--max-residual-norm", type=positive_float, default=None,
                    help="override the manifest's residual norm cap (> 0; a tiny cap such as 1e-6 switches residuals off "
                         "while the runtime still switches: an ablation)")
@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "websocket protocol on 127.0.0.1 and queried through the client)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every runtime event")
     return p
+
+
+def monitor_config(args: argparse.Namespace) -> MonitorConfig:
+    """The runtime arms' monitor: an explicit --recovery-stall-steps replaces the manifest's per-policy windows."""
+    override = args.recovery_stall_steps is not None
+    return MonitorConfig(release_on=args.release_on, stall_without_failure=args.stall_without_failure,
+                         recovery_stall_steps=args.recovery_stall_steps if override else MONITOR_DEFAULTS.recovery_stall_steps,
+                         policy_stall_steps=not override)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -116,8 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     dynamics = NativeDynamics(**dyn)
     cfg = Sim2SimConfig(episodes_per_mode=args.episodes_per_mode, nominal_episodes=args.nominal_episodes, seed=args.seed,
                         max_steps=args.max_steps, dynamics=dynamics, states=args.states,
-                        monitor=MonitorConfig(release_on=args.release_on, stall_without_failure=args.stall_without_failure,
-                                              recovery_stall_steps=args.recovery_stall_steps),
+                        monitor=monitor_config(args),
                         safety_overrides={} if args.max_residual_norm is None else {"max_residual_norm": args.max_residual_norm})
 
     server = None

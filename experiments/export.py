@@ -7,9 +7,10 @@ Writes into --out (default RUN/export): base_policy.onnx (obs[batch, 24] -> acti
 recovery_<policy>.onnx (residual_obs[batch, 43] -> residual = alpha*tanh(actor(normalized obs)),
 action = clip(base action + residual)), and manifest.json (task, failure modes, descriptors, observation
 layouts with units, action bounds, residual scale, control rate, opset, versions, sha256 of each file,
-parity results). Each model is checked in onnxruntime against JAX on >= 1000 random and >= 1000
-failure-bank observations and is NOT written if any output differs by more than --tolerance times the
-row's input scale (its largest |normalised input|, clipped to [1, 10]: float32 rounding grows with it).
+parity results, and each policy's runtime stall window where --recovery-stall-steps gives one). Each model
+is checked in onnxruntime against JAX on >= 1000 random and >= 1000 failure-bank observations and is NOT
+written if any output differs by more than --tolerance times the row's input scale (its largest |normalised
+input|, clipped to [1, 10]: float32 rounding grows with it).
 """
 
 from __future__ import annotations
@@ -34,13 +35,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max |ONNX - JAX| allowed on any output, times the row's input scale in [1, 10]")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 runs on onnxruntime >= 1.13)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity observations")
+    p.add_argument("--recovery-stall-steps", action="append", default=None, metavar="[POLICY=]N",
+                   help="write into the manifest after how many steps without task progress the runtime re-diagnoses a "
+                        "policy's recovery: N for every policy, POLICY=N for one (repeatable; default: none, the "
+                        "runtime's own 50). Choose it on train states: experiments.evaluate --states=train "
+                        "--recovery-stall-steps=N (pick_place: 100, docs/experiments.md sessions 24-25)")
     return p
+
+
+def parse_stall_steps(values: list[str] | None) -> dict[str, int]:
+    """`[POLICY=]N` strings -> {policy or "*": N}; a malformed value is refused with the accepted form."""
+    out: dict[str, int] = {}
+    for v in values or []:
+        name, _, n = v.rpartition("=")
+        try:
+            steps = int(n)
+        except ValueError:
+            steps = 0
+        if steps < 1 or (not name and "=" in v):
+            raise SystemExit(f"--recovery-stall-steps {v!r}: expected N or POLICY=N with N a whole number >= 1")
+        out[name or "*"] = steps
+    return out
 
 
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     if args.random_obs < 1000 or args.bank_obs < 1000:
         raise SystemExit("--random-obs and --bank-obs must be >= 1000 (the parity contract)")
+    stall_steps = parse_stall_steps(args.recovery_stall_steps)
     from rich.console import Console
 
     from recovla_jax.utils.jax_setup import configure_jax
@@ -56,7 +78,7 @@ def main(argv: list[str] | None = None):
         with console.status("exporting (the first ONNX conversion loads jax2onnx's plugins, ~10 s) ..."):
             manifest = export_run(Path(args.run), Path(args.out) if args.out else None, args.policy, args.step,
                                   args.random_obs, args.bank_obs, args.tolerance, args.opset, args.seed,
-                                  log=console.print)
+                                  log=console.print, recovery_stall_steps=stall_steps)
     except (ParityError, RunDirError) as e:
         console.print(f"[bold red]export failed:[/] {e}")
         raise SystemExit(1) from e

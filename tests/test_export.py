@@ -41,9 +41,12 @@ def test_export_writes_verified_models_and_manifest(fake_run, fake_export):
 def test_export_cli_older_step_single_policy(fake_run, fake_export, tmp_path):
     from experiments.export import main
 
-    m = main([f"--run={fake_run}", "--policy=missed_handle", "--step=5", f"--out={tmp_path}"])
+    m = main([f"--run={fake_run}", "--policy=missed_handle", "--step=5", f"--out={tmp_path}",
+              "--recovery-stall-steps=missed_handle=80"])
     assert [p.name for p in m.recovery_policies] == ["missed_handle"] and m.recovery_policies[0].checkpoint_step == 5
+    assert load_manifest(tmp_path).recovery_policies[0].recovery_stall_steps == 80  # the runtime's window, on disk
     latest = load_manifest(fake_export)
+    assert all(p.recovery_stall_steps is None for p in latest.recovery_policies)  # none given: the runtime's default
     assert m.recovery_policies[0].sha256 != next(p for p in latest.recovery_policies if p.name == "missed_handle").sha256
     with pytest.raises(SystemExit):
         main([f"--run={fake_run}", "--step=7", f"--out={tmp_path / 'x'}"])
@@ -52,6 +55,33 @@ def test_export_cli_older_step_single_policy(fake_run, fake_export, tmp_path):
 
         export_run(fake_run, tmp_path / "y", step=7, log=lambda *_: None)
     assert not (tmp_path / "y").exists()  # failed before writing anything
+
+
+def test_export_stall_windows_are_checked_before_anything_is_written(fake_run, fake_export, tmp_path):
+    """`--recovery-stall-steps`: N for every policy, POLICY=N for one (it wins over N); an unknown policy or a window
+    below 1 is refused with what is valid, before any file is written."""
+    from experiments.export import main, parse_stall_steps
+    from recovla_jax.export.exporter import policy_stall_windows
+
+    assert parse_stall_steps(["100", "missed_handle=30"]) == {"*": 100, "missed_handle": 30}
+    assert parse_stall_steps(None) == {}
+    for bad in ("0", "-3", "x", "missed_handle=", "=5", "missed_handle=2.5"):
+        with pytest.raises(SystemExit, match="expected N or POLICY=N"):
+            parse_stall_steps([bad])
+    pols = ["conditioned", "missed_handle"]
+    assert policy_stall_windows({"*": 100, "missed_handle": 30}, pols) == {"conditioned": 100, "missed_handle": 30}
+    assert policy_stall_windows({"missed_handle": 30}, pols) == {"missed_handle": 30}
+    with pytest.raises(RunDirError, match=r"names policy \['nope'\].*policies: \['conditioned', 'missed_handle'\]"):
+        policy_stall_windows({"nope": 5}, pols)
+    with pytest.raises(RunDirError, match=">= 1"):
+        policy_stall_windows({"*": 0}, pols)
+    with pytest.raises(SystemExit):
+        main([f"--run={fake_run}", f"--out={tmp_path / 'x'}", "--recovery-stall-steps=nope=5"])
+    assert not (tmp_path / "x").exists()
+    data = json.loads((fake_export / "manifest.json").read_text())
+    data["recovery_policies"][0]["recovery_stall_steps"] = 0
+    with pytest.raises(ValidationError, match="recovery_stall_steps"):  # the manifest itself refuses a window below 1
+        ExportManifest.model_validate(data)
 
 
 def _flip_first_weight(name: str, model: onnx.ModelProto, target: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from recovla_jax.runtime.manifest import load_manifest
 from recovla_jax.runtime.monitor import FailureMonitor, MonitorConfig
+from recovla_jax.runtime.onnx_policy import PolicyLibrary
 from recovla_jax.runtime.robots.base import Observation
 from recovla_jax.runtime.runtime import RecoveryRuntime
 from recovla_jax.runtime.selectors import OracleSelector
@@ -58,6 +59,7 @@ def test_runtime_and_native_evaluation_run_without_jax(fake_run, fake_export, tm
     assert "| missed_handle" in (out / "sim2sim.md").read_text()
     assert "a stalled recovery whose re-diagnosis sees no failure keeps its policy" in (out / "sim2sim.md").read_text()
     assert "re-diagnosed after 50 steps without progress" in (out / "sim2sim.md").read_text()
+    assert res["stall_windows"] == {"conditioned": 50, "missed_handle": 50}  # no window in the manifest: the runtime's
     episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert "episodes" not in res and len(episodes) == 3 * 4 + 1 * 3  # modes x failure arms + nominal x nominal arms
     assert {(e["group"], e["arm"]) for e in episodes} >= {("missed_handle", "runtime_rules"), ("nominal", "base")}
@@ -241,6 +243,37 @@ def test_stalled_recovery_without_a_failure_hands_back_or_keeps_driving(fake_exp
             for _ in range(5):
                 rt.step(_obs())
             assert rt.mode == "slipped_off"
+
+
+def test_a_policy_s_manifest_stall_window_replaces_the_monitor_s(fake_export):
+    """A recovery policy's `recovery_stall_steps` (experiments.export) decides when its stalled recovery is
+    re-diagnosed; a policy without one uses the monitor's; `policy_stall_steps=False` (evaluate's explicit
+    --recovery-stall-steps, the policy-alone arm) ignores the manifest."""
+    m = load_manifest(fake_export)
+    m = m.model_copy(update={"recovery_policies": [p.model_copy(update={"recovery_stall_steps": 8}) if p.name == "missed_handle"
+                                                   else p for p in m.recovery_policies]})
+    library = PolicyLibrary(fake_export, m)  # the real ONNX policies, under the edited manifest entries
+
+    def steps_until_handed_back(mode: str, **monitor) -> int:
+        rt, sel = _runtime(m, library, label=mode, recovery_stall_steps=5, check_every=0, stall_steps=1000,
+                           stall_without_failure="base", **monitor)
+        rt.step(_obs())
+        assert rt.mode == mode
+        sel.set_label(None)
+        for k in range(1, 30):
+            rt.step(_obs())  # progress never moves
+            if rt.mode is None:
+                return k
+        raise AssertionError("the stalled recovery was never re-diagnosed")
+
+    assert steps_until_handed_back("missed_handle") == 8  # its own window
+    assert steps_until_handed_back("slipped_off") == 5  # policy "conditioned" has no window: the monitor's
+    assert steps_until_handed_back("missed_handle", policy_stall_steps=False) == 5
+    from recovla_jax.evaluation.sim2sim import _stall_text  # sim2sim.md names each policy's window where they differ
+
+    assert (_stall_text({"stall_windows": {"missed_handle": 8, "conditioned": 50}})
+            == "8 steps (missed_handle), 50 steps (conditioned)")
+    assert _stall_text({"stall_windows": {"missed_handle": 100, "conditioned": 100}}) == "100 steps"
 
 
 def test_hand_back_policy_is_released_as_soon_as_the_selector_sees_no_failure(fake_export):
@@ -523,12 +556,15 @@ def test_numpy_twins_match_jax():
 
 
 def test_evaluate_recovery_stall_steps_option():
-    """The CLI default is the runtime's own; 0, negatives and non-integers are refused."""
-    from experiments.evaluate import build_parser
+    """By default the manifest's per-policy windows apply (else the runtime's 50); an explicit value overrides every
+    policy's; 0, negatives and non-integers are refused."""
+    from experiments.evaluate import build_parser, monitor_config
     from recovla_jax.runtime.monitor import MonitorConfig
 
-    assert build_parser().parse_args(["--run=r"]).recovery_stall_steps == MonitorConfig().recovery_stall_steps
-    assert build_parser().parse_args(["--run=r", "--recovery-stall-steps=100"]).recovery_stall_steps == 100
+    default = monitor_config(build_parser().parse_args(["--run=r"]))
+    assert default.recovery_stall_steps == MonitorConfig().recovery_stall_steps and default.policy_stall_steps
+    given = monitor_config(build_parser().parse_args(["--run=r", "--recovery-stall-steps=100"]))
+    assert given.recovery_stall_steps == 100 and not given.policy_stall_steps
     for bad in ("0", "-5", "2.5", "x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--run=r", f"--recovery-stall-steps={bad}"])

@@ -48,14 +48,15 @@ FAILURE_ARMS = ("base", "policy", "runtime_oracle", "runtime_rules")
 NOMINAL_ARMS = ("base", "runtime_oracle", "runtime_rules")
 SPLIT_CODES = {"train": 0, "heldout": 1}  # the bank's `split` column (failures.bank; imported there with JAX)
 STATE_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")  # a bank row (the scene has no mocap bodies: empty)
-# The whole-episode residual arm: recovery from the first step, never handed back, never re-diagnosed.
+# The whole-episode residual arm: recovery from the first step, never handed back, never re-diagnosed (a policy's
+# own manifest stall window is ignored too).
 POLICY_MONITOR = MonitorConfig(check_on_start=True, check_every=0, stall_steps=10_000, release_on="success",
-                               recovery_stall_steps=10_000, confirm_checks=1)
+                               recovery_stall_steps=10_000, policy_stall_steps=False, confirm_checks=1)
 # The same arm for policies trained with hand-back (MJX `ResidualEnv(hand_back=True)`): the state's own
 # mode's residual acts in exactly the steps where the simulator labels the native state a failure.
 HAND_BACK_POLICY_MONITOR = MonitorConfig(check_on_start=True, check_every=1, periodic_requires_stall=False, confirm_checks=1,
                                          stall_steps=10_000, release_on="success", recovery_stall_steps=10_000,
-                                         hand_back_check_every=1)
+                                         policy_stall_steps=False, hand_back_check_every=1)
 
 
 @dataclass
@@ -189,10 +190,15 @@ class Sim2SimEvaluator:
             starts[m] = (idx if n is None else idx[:n], len(idx))
         return starts
 
+    def stall_windows(self) -> dict[str, int]:
+        """Recovery policy -> the steps without progress after which the runtime arms re-diagnose its recovery."""
+        monitor = self.runtimes["runtime_rules"].monitor
+        return {p.name: monitor.stall_window(p.recovery_stall_steps) for p in self.manifest.recovery_policies}
+
     def run(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...],
             mjx_results: dict | None, on_episode: Callable[[str, str, bool], None] | None = None) -> dict:
         cfg = self.cfg
-        out: dict = {"modes": {}, "nominal": {}, "episodes": [], "states": cfg.states}
+        out: dict = {"modes": {}, "nominal": {}, "episodes": [], "states": cfg.states, "stall_windows": self.stall_windows()}
         if cfg.states != "heldout":
             mjx_results = None  # MJX's numbers are held-out: no comparison for train states
         for m, (idx, split_total) in self.failure_starts(bank_arrays, bank_modes).items():
@@ -307,6 +313,15 @@ def _pp(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f} pp"
 
 
+def _stall_text(results: dict) -> str:
+    """'N steps', or each policy's window where they differ (manifest windows, experiments.export)."""
+    windows = results.get("stall_windows") or {}
+    if len(set(windows.values())) > 1:
+        return ", ".join(f"{n} steps ({p})" for p, n in windows.items())
+    n = next(iter(windows.values())) if windows else results["config"]["monitor"].get("recovery_stall_steps", "?")
+    return f"{n} steps"
+
+
 def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     jpath, mpath, epath = out_dir / "sim2sim.json", out_dir / "sim2sim.md", out_dir / "episodes.jsonl"
@@ -329,7 +344,7 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         + (" (hand-back policies: released as soon as the selector sees no failure)" if results.get("hand_back") else "")
         + "; a stalled recovery whose re-diagnosis sees no failure "
         + ("keeps its policy" if c["monitor"].get("stall_without_failure") == "keep" else "goes back to the base")
-        + f"; a recovery is re-diagnosed after {c['monitor'].get('recovery_stall_steps', '?')} steps without progress",
+        + f"; a recovery is re-diagnosed after {_stall_text(results)} without progress",
         "",
         *(["", "**TRAIN failure states** (the policies trained on them): for choosing runtime settings, not results.", ""]
           if results.get("states") == "train" else []),

@@ -88,15 +88,31 @@ def workspace_box(task, bank_obs: np.ndarray) -> dict:
             "source": f"failure-bank {source} +- {WORKSPACE_MARGIN} m, z >= 0.02"}
 
 
+def policy_stall_windows(given: dict[str, int], policies: list[str]) -> dict[str, int]:
+    """Policy -> stall window from `given` ("*" applies to every policy, a named policy overrides it); names that are
+    not among `policies`, and windows below 1, are refused with what is valid."""
+    unknown = sorted(set(given) - set(policies) - {"*"})
+    if unknown:
+        raise RunDirError(f"--recovery-stall-steps names policy {unknown}, which is not exported; policies: {policies} "
+                          "(or give N alone for all of them)")
+    bad = {k: v for k, v in given.items() if not isinstance(v, int) or v < 1}
+    if bad:
+        raise RunDirError(f"--recovery-stall-steps must be whole numbers of steps >= 1, got {bad}")
+    return {p: given[p] if p in given else given["*"] for p in policies if p in given or "*" in given}
+
+
 def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] | None = None, step: int | None = None,
                n_random: int = 1000, n_bank: int = 1000, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
                seed: int = 0, log: Callable[[str], None] = print,
-               tamper: Callable[[str, object], None] | None = None) -> ExportManifest:
+               tamper: Callable[[str, object], None] | None = None,
+               recovery_stall_steps: dict[str, int] | None = None) -> ExportManifest:
     """Export `run_dir` into `out_dir` (default run_dir/export); returns the validated manifest.
 
     `step` picks a checkpoint step for every exported policy (default: each policy's latest). The task's scene
     (its current asset) is copied to `scene.xml` for simulated robots; a run whose failure-bank states do not
     fit it (another qpos size: trained on an older scene) is refused.
+    `recovery_stall_steps` maps a policy name (or "*": every policy) to its runtime stall window in the manifest;
+    a name that is not exported is refused before anything is written.
     `tamper(name, onnx_model)` is a test hook called on each model before verification.
     """
     run_dir = Path(run_dir)
@@ -107,6 +123,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         if missing:
             raise RunDirError(f"no policy {missing} in {run_dir}/policies; available: {sorted(bundles)}")
         bundles = {p: bundles[p] for p in policies}
+    windows = policy_stall_windows(recovery_stall_steps or {}, list(bundles))
     first = next(iter(bundles.values()))
     task = first["task"]
     obs_size, act = first["task_obs_size"], first["action"]
@@ -200,6 +217,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         entries.append({
             "name": name, "file": fname, "sha256": sha256_file(out_dir / fname), "modes": list(b["modes"]),
             "alpha": alpha, "hand_back": bool(b.get("hand_back", False)), "hand_back_delay": int(b.get("hand_back_delay", 0)),
+            "recovery_stall_steps": windows.get(name),
             "checkpoint_step": ckpt.step,
             "descriptors": b.get("descriptors", {}),
             "descriptor_features": feats,

@@ -145,6 +145,9 @@ class RecoveryPolicyEntry(ModelFile):
                                                "back to the base once the selector has seen no failure for "
                                                "hand_back_delay more steps")
     hand_back_delay: int = Field(0, ge=0, description="steps a hand-back policy keeps control after the failure clears")
+    recovery_stall_steps: int | None = Field(
+        None, ge=1, description="re-diagnose this policy's recovery after N steps without task progress "
+                                "(None: the runtime's monitor default); chosen on train states, not held-out ones")
     checkpoint_step: int
     descriptors: dict[str, dict]
     descriptor_features: dict[str, list[float]] = Field(

@@ -7,7 +7,8 @@ per-state labels fire transiently during normal grasping and pulling). A diagnos
 `confirm_checks` times, `confirm_every` steps apart, before the runtime switches (`start_confirm_checks`,
 by default 1, for the start trigger). During a
 recovery: success, or progress resumed (`resume_progress` beyond where recovery started), returns
-control to the base; a recovery that makes no progress for `recovery_stall_steps` is re-diagnosed. A policy
+control to the base; a recovery that makes no progress for `recovery_stall_steps` is re-diagnosed (a recovery
+policy's own window from the export manifest, where it has one, unless `policy_stall_steps` is off). A policy
 trained with hand-back is also checked every `hand_back_check_every` steps and released once the selector
 sees no failure (the runtime does this; see `RecoveryRuntime.step`).
 Progress is one scalar from the observation (the manifest's `progress` field, e.g. drawer opening).
@@ -44,6 +45,10 @@ class MonitorConfig(BaseModel):
     release_on: Literal["progress", "success"] = "success"
     resume_progress: float = Field(0.02, gt=0, description="progress beyond the recovery's start that hands back to base")
     recovery_stall_steps: int = Field(50, ge=1, description="re-diagnose a recovery without progress for N steps")
+    # A recovery policy may carry its own window in the manifest (`experiments.export --recovery-stall-steps`):
+    # pick_place's missed_grasp policy re-grasps for more than 50 steps without progress (docs/experiments.md,
+    # sessions 24-25). Off: every policy uses `recovery_stall_steps` (a sweep, or an arm that never re-diagnoses).
+    policy_stall_steps: bool = Field(True, description="use a recovery policy's manifest recovery_stall_steps where set")
     # What a stalled recovery does when the re-diagnosis sees no failure. "keep" lets the recovery policy drive on
     # (only another diagnosed mode switches); "base" hands control back. With "base" stack's whole-episode residuals
     # (session 19, native MuJoCo) lost 27 of 28 toppled_stack and all 23 wrong_order episodes they recover alone:
@@ -72,6 +77,7 @@ class FailureMonitor:
         self.last_stall_trigger = 0
         self.recovery_start_t: int | None = None
         self.recovery_start_progress = 0.0
+        self.recovery_window = self.cfg.recovery_stall_steps
         self.timed_out = False
 
     @property
@@ -103,7 +109,15 @@ class FailureMonitor:
                 return "periodic"
         return None
 
-    def begin_recovery(self) -> None:
+    def stall_window(self, policy_stall_steps: int | None) -> int:
+        """Steps without progress before a recovery is re-diagnosed: the policy's own window where it has one and
+        the config allows it, else the config's."""
+        if policy_stall_steps is not None and self.cfg.policy_stall_steps:
+            return policy_stall_steps
+        return self.cfg.recovery_stall_steps
+
+    def begin_recovery(self, policy_stall_steps: int | None = None) -> None:
+        self.recovery_window = self.stall_window(policy_stall_steps)
         self.recovery_start_t = self.t
         self.recovery_start_progress = self.progress
         self.last_improved = self.t
@@ -120,7 +134,7 @@ class FailureMonitor:
             return "progress resumed"
         assert self.recovery_start_t is not None
         since = self.t - max(self.last_improved, self.recovery_start_t)
-        if since >= self.cfg.recovery_stall_steps:
+        if since >= self.recovery_window:
             self.last_improved = self.t  # next re-diagnosis only after another full window
             return "recovery stalled"
         return None

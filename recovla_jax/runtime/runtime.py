@@ -83,7 +83,8 @@ class RecoveryRuntime:
     def reset(self) -> None:
         self.t = 0
         self.mode: str | None = None
-        self.entry: Any = None  # the driving recovery policy's manifest entry (hand_back, hand_back_delay, name)
+        # the driving recovery policy's manifest entry (hand_back, hand_back_delay, recovery_stall_steps, name)
+        self.entry: Any = None
         self.events: list[RuntimeEvent] = []
         self.last_grip = -1.0
         self.stale = False
@@ -104,7 +105,7 @@ class RecoveryRuntime:
         self.clear_steps = 0  # consecutive steps a hand-back policy's selector checks saw no failure
         self.entry = self.library[to].entry if to is not None else None
         if to is not None:
-            self.monitor.begin_recovery()
+            self.monitor.begin_recovery(getattr(self.entry, "recovery_stall_steps", None))
         else:
             self.monitor.end_recovery()
         policy = self.entry.name if self.entry is not None else None

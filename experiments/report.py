@@ -133,18 +133,27 @@ class Table:
             self.task(task)["seeds"].setdefault(method, {})[int(seed)] = (kept, source)
 
     def put_cells(self, task: str, method: str, seed: int | None, cells: dict[str, dict | None], source: str) -> None:
-        """One run's per-mode cells of a column: into the table (the last run given wins) and under the run's seed."""
+        """One run's per-mode cells of a column: into the table (the last run given wins) and under the run's seed.
+        When it replaces runs of other seeds (all shown under "Across seeds"), one note says so instead of one per row."""
+        t = self.task(task)
+        replaced = {t["cells"][(r, method)][1] for r, c in cells.items() if c and (r, method) in t["cells"]} - {source}
+        seed_of = {src: k for k, (_, src) in t["seeds"].get(method, {}).items()}
+        other_seeds = bool(replaced) and seed is not None and all(seed_of.get(r) not in (None, seed) for r in replaced)
+        if other_seeds:
+            shown = ", ".join(f"{r} (seed {seed_of[r]})" for r in sorted(replaced))
+            self.notes.append(f"{task}/{self.labels.get(method, method)}: the main table shows {source} (seed {seed}); "
+                              f"{shown} under Across seeds")
         for row, cell in cells.items():
-            self.put(task, row, method, cell, source)
+            self.put(task, row, method, cell, source, note_replaced=not other_seeds)
         self.put_seed(task, method, seed, cells, source)
 
-    def put(self, task: str, row: str, method: str, cell: dict | None, source: str) -> None:
+    def put(self, task: str, row: str, method: str, cell: dict | None, source: str, note_replaced: bool = True) -> None:
         if cell is None:
             return
         t = self.task(task)
         if row not in t["modes"]:
             t["modes"].append(row)
-        if (row, method) in t["cells"] and t["cells"][(row, method)][1] != source:
+        if note_replaced and (row, method) in t["cells"] and t["cells"][(row, method)][1] != source:
             self.notes.append(f"{task}/{row}/{self.labels.get(method, method)}: {source} replaces {t['cells'][(row, method)][1]}")
         t["cells"][(row, method)] = (cell, source)
 

@@ -186,6 +186,9 @@ def test_report_across_seeds(tmp_path):
     assert avg["range"] is None
     # targets: per cell, the mean over the seeds that ran it: (0.85 + 0.55 + 1.0) / 3
     assert rep["targets"]["recovla_mjx_seed_mean"]["rate"] == pytest.approx(0.8)
+    # one note per column that another seed's run replaces (not one per row)
+    assert f"drawer/ReCoVLA (rules): the main table shows {s1} (seed 1); {s0} (seed 0) under Across seeds" in rep["notes"]
+    assert not any(" replaces " in n and "ReCoVLA" in n for n in rep["notes"])
     text = rep["text"]
     assert "## Across seeds" in text and "| seed 0 | seed 1 | mean of seeds | range (max - min) |" in text
     assert "| drawer | ReCoVLA (rules) | missed_handle | 75.0% [" in text and "| 85.0% | 20.0 pp |" in text

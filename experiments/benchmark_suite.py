@@ -11,7 +11,8 @@ For each task, in order (each a separate `python -m` process; the commands are p
   4. fine-tuned base:        experiments.baselines --method=finetune      --run=<1>   -> <1>/baselines/finetune
   5. residual, full reward:  experiments.baselines --method=residual-full --run=<1>   -> <1>/baselines/residual-full
   6. nominal success after training of 1-3: experiments.baselines --method=nominal     -> <run>/baselines/nominal
-  7. ONNX export + zero-shot sim-to-sim of 1: experiments.export, experiments.evaluate -> <1>/export, <1>/sim2sim
+  7. ONNX export, stall windows on train states, zero-shot sim-to-sim of 1: experiments.export,
+     experiments.tune_runtime, experiments.evaluate -> <1>/export, <1>/runtime_tuning, <1>/sim2sim
   8. with --extra-seeds K ...: per seed K, steps 1, 4, 7 again with --seed=K on 1's failure bank -> OUT/<task>/recovla-seedK
 then experiments.report over every main-job run -> OUT/report (report.md, report.csv, report.png; with extra seeds,
 its "Across seeds" section shows every seed's cells, while the main table shows --seed's runs).
@@ -31,15 +32,16 @@ them from the run's config.json, so they follow.
 The reduced budget keeps one warm-start round (`--expert-warm-start=1`): the warm start's rollouts do not shrink
 with the budget (512 per round). Sim-to-sim runs every task with the runtime's defaults (since session 23 a
 stalled recovery keeps its policy driving when the selector sees no failure: stack 83.3% against 67.0%, session 19),
-plus `TASK_EXPORT_ARGS`: pick_place's export writes a stall window of 100 steps into the manifest (the runtime
-re-diagnoses a stalled recovery after 100 steps instead of 50; the native sim-to-sim reads it from there), chosen on the
-run's TRAIN states (`experiments.evaluate --states=train`, first 300 per mode: runtime 87.8% / 88.8% / 88.6% at 50 /
-100 / 150, the policies alone 88.6%; session 25): its missed_grasp policy re-grasps for longer than 50 steps
-without progress, and the re-diagnosis then switched to knocked_away's policy.
+except the stall window: `experiments.tune_runtime` chooses each recovery policy's window (50 / 100 / 150 steps
+without progress before a re-diagnosis) on the run's TRAIN states and writes it into the manifest, which the
+sim-to-sim then reads. pick_place's missed_grasp policy re-grasps for longer than 50 steps without progress, and
+the re-diagnosis then switched to knocked_away's policy (session 24); the README's pick_place cells were measured
+at 100 for every policy, chosen by the same train-state comparison before the tuner existed (session 25).
 
 Budgets: `full` = the main job's defaults (4096 envs, 20M env steps per policy on GPU/TPU; 128 envs, 1M
 on CPU), all held-out and 100 nominal states in sim-to-sim. `reduced` = 64 envs, 40k env steps per policy,
-256 injected candidates per mode (no held-out target), 32 nominal starts per mode, 20 sim-to-sim states per mode: minutes, not
+256 injected candidates per mode (no held-out target), 32 nominal starts per mode, 20 sim-to-sim states per mode
+(and 20 train states per mode for the stall windows): minutes, not
 hours, on 2 CPU cores, a smoke-scale reproduction whose numbers are NOT the table's results. `auto` (default)
 = full on an accelerator, reduced on CPU, and it prints which.
 """
@@ -56,14 +58,14 @@ from pathlib import Path
 from typing import Sequence
 
 REDUCED = {"train": ["--num-envs=64", "--timesteps=40000", "--candidates=256", "--min-heldout=0"],
-           "nominal": ["--nominal-episodes=32"], "sim2sim": ["--episodes-per-mode=20", "--nominal-episodes=20"]}
-FULL = {"train": [], "nominal": [], "sim2sim": []}
+           "nominal": ["--nominal-episodes=32"], "sim2sim": ["--episodes-per-mode=20", "--nominal-episodes=20"],
+           "tune": ["--episodes-per-mode=20"]}
+FULL = {"train": [], "nominal": [], "sim2sim": [], "tune": []}
 TASK_TRAIN_ARGS: dict[str, tuple[str, ...]] = {"pick_place": ("--alpha=2", "--expert-warm-start=24",
                                                                "--episode-length=160", "--candidates=4096",
                                                                "--warm-start-fit-steps=8000"),
                                                 "stack": ("--alpha=2", "--expert-warm-start=3"),
                                                 "peg_insert": ("--alpha=2", "--expert-warm-start=24")}
-TASK_EXPORT_ARGS: dict[str, tuple[str, ...]] = {"pick_place": ("--recovery-stall-steps=100",)}
 REDUCED_WARM_START = "--expert-warm-start=1"  # a smoke run: one DAgger round instead of the table's
 
 
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-arg", action="append", default=[], type=task_train_arg, metavar="TASK:ARG",
                    help="an experiments.train option for TASK's main-job runs, e.g. stack:--hand-back-delay=50 (repeatable)")
     p.add_argument("--no-task-args", action="store_true",
-                   help=f"drop the per-task defaults: training {TASK_TRAIN_ARGS}, export {TASK_EXPORT_ARGS}")
+                   help=f"drop the per-task training defaults {TASK_TRAIN_ARGS}")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--skip-existing", action="store_true", help="skip steps whose output already exists (resume a suite)")
     p.add_argument("--keep-going", action="store_true", help="run the remaining steps (and the report) after a failure")
@@ -161,11 +163,9 @@ def check_extra_seeds(seed: int, extra_seeds: list[int]) -> list[int]:
 
 def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto", seed: int = 0,
                 sim2sim_arm: str = "runtime_rules", export_tolerance: float | None = None,
-                train_args: dict[str, list[str]] | None = None, extra_seeds: Sequence[int] = (),
-                export_args: dict[str, tuple[str, ...]] | None = None) -> list[Step]:
+                train_args: dict[str, list[str]] | None = None, extra_seeds: Sequence[int] = ()) -> list[Step]:
     """Every command of the suite, in order (see the module docstring); `train_args[task]` go to its main-job runs
-    (default: `TASK_TRAIN_ARGS`), `export_args[task]` to its ONNX exports (default: `TASK_EXPORT_ARGS`)."""
-    export_args = TASK_EXPORT_ARGS if export_args is None else export_args
+    (default: `TASK_TRAIN_ARGS`)."""
     extra_seeds = check_extra_seeds(seed, list(extra_seeds))
     b = REDUCED if budget == "reduced" else FULL
     train_args = task_train_args(tasks, []) if train_args is None else train_args
@@ -185,10 +185,13 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
         train = train_argv(seed)
 
         def export_and_sim2sim(run: Path, run_seed: int, label: str) -> list[Step]:
-            export = ["-m", "experiments.export", f"--run={run}", *export_args.get(task, ())]
+            export = ["-m", "experiments.export", f"--run={run}"]
             return [Step(f"{task}: ONNX export of {label}",
                          export + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]),
                          run / "export" / "manifest.json"),
+                    Step(f"{task}: runtime stall windows of {label}, chosen on train states",
+                         ["-m", "experiments.tune_runtime", f"--run={run}", f"--seed={run_seed}", *b["tune"]],
+                         run / "runtime_tuning" / "tuning.json"),
                     Step(f"{task}: zero-shot sim-to-sim of {label}", ["-m", "experiments.evaluate", f"--run={run}",
                                                                       "--backend=mujoco", f"--seed={run_seed}", *b["sim2sim"]],
                          run / "sim2sim" / "sim2sim.json")]
@@ -230,9 +233,8 @@ def main(argv: list[str] | None = None) -> list[Step]:
     budget, why = resolve_budget(args.budget)
     tasks = args.tasks or default_tasks()
     per_task = task_train_args(tasks, args.train_arg, use_defaults=not args.no_task_args)
-    per_task_export = {} if args.no_task_args else {t: TASK_EXPORT_ARGS[t] for t in tasks if t in TASK_EXPORT_ARGS}
     steps = build_steps(tasks, Path(args.out), budget, args.selector, args.seed, args.sim2sim_arm, args.export_tolerance,
-                        per_task, args.extra_seeds, per_task_export)
+                        per_task, args.extra_seeds)
     python = sys.executable
     if budget == "reduced":
         print(f"benchmark suite: REDUCED budget ({why}): {' '.join(REDUCED['train'])} per main-job run, "
@@ -244,8 +246,6 @@ def main(argv: list[str] | None = None) -> list[Step]:
     for t, extra in per_task.items():
         if extra:
             print(f"{t}: main-job runs with {' '.join(extra)}")
-        if per_task_export.get(t):
-            print(f"{t}: ONNX export with {' '.join(per_task_export[t])}")
     for i, s in enumerate(steps, 1):
         print(f"[{i:2d}] {s.name}\n     {s.shell(python)}")
     if args.dry_run:

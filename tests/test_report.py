@@ -249,6 +249,7 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     assert sum("--method=nominal" in c for c in cmds) == 3
     assert any("experiments.export" in c for c in cmds)
     assert any("experiments.evaluate" in c and "--episodes-per-mode=20" in c for c in cmds)
+    assert any("experiments.tune_runtime" in c and "--episodes-per-mode=20" in c for c in cmds)
     assert "experiments.report" in cmds[-1]
     assert all(str(out / "drawer" / r) in cmds[-1] for r in ("recovla", "oracle-mask", "wrong-mask"))
     # the exact order: runs before their consumers
@@ -285,19 +286,20 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     assert len(sim2sim) == 2 and not any("--stall-without-failure" in c for c in sim2sim.values())
     bare = benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--no-task-args"])
     assert not any("--expert-warm-start" in " ".join(s.argv) for s in bare)
-    # pick_place's export writes a 100-step stall window into the manifest (chosen on train states), which the
-    # sim-to-sim then reads; --no-task-args drops it
-    pick_export = [s.argv for s in pick if "experiments.export" in s.argv]
-    assert pick_export and all("--recovery-stall-steps=100" in argv for argv in pick_export)
-    assert not any("--recovery-stall-steps" in " ".join(s.argv) for s in pick if "experiments.evaluate" in s.argv)
-    assert not any("--recovery-stall-steps" in " ".join(s.argv) for s in steps)  # stack and drawer: the runtime's default
-    bare_pick = benchmark_suite.main(["--dry-run", "--tasks", "pick_place", f"--out={out}", "--no-task-args"])
-    assert not any("--recovery-stall-steps" in " ".join(s.argv) for s in bare_pick)
+    # every run's stall windows are chosen on its train states and written into its manifest before the sim-to-sim
+    names = [s.name for s in pick]
+    i_export, i_tune, i_eval = (names.index(f"pick_place: {what}") for what in
+                                ("ONNX export of ReCoVLA", "runtime stall windows of ReCoVLA, chosen on train states",
+                                 "zero-shot sim-to-sim of ReCoVLA"))
+    assert i_export < i_tune < i_eval
+    tune = pick[i_tune]
+    assert tune.argv[:2] == ["-m", "experiments.tune_runtime"] and tune.done_marker.name == "tuning.json"
+    assert not any("--recovery-stall-steps" in " ".join(s.argv) for s in [*pick, *steps])  # no hand-set window
     with pytest.raises(SystemExit, match="--train-arg: task.*peg_insert"):
         benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--train-arg=peg_insert:--alpha=2"])
     with pytest.raises(SystemExit):  # argparse: not TASK:--option
         benchmark_suite.main(["--dry-run", "--train-arg=stack"])
-    # --extra-seeds: ReCoVLA, its fine-tuned base, export and sim-to-sim again per seed, on --seed's bank
+    # --extra-seeds: ReCoVLA, its fine-tuned base, export, stall windows and sim-to-sim again per seed, on --seed's bank
     seeded = benchmark_suite.main(["--dry-run", "--budget=full", "--tasks", "drawer", f"--out={out}", "--seed=3",
                                    "--extra-seeds", "4", "5"])
     by_name = {s.name: s.argv for s in seeded}
@@ -307,10 +309,11 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     assert f"--run-dir={run4}" in by_name["drawer: ReCoVLA, seed 4"]
     assert f"--run={run4}" in by_name["drawer: baseline finetune, seed 4"]
     assert "--seed=4" in by_name["drawer: zero-shot sim-to-sim of ReCoVLA, seed 4"]
+    assert f"--run={run4}" in by_name["drawer: runtime stall windows of ReCoVLA, seed 4, chosen on train states"]
     assert f"--run={run4}" in by_name["drawer: ONNX export of ReCoVLA, seed 4"]
     report_runs = by_name["results table"]
     assert report_runs.index(str(run4)) < report_runs.index(str(out / "drawer" / "recovla"))  # --seed's run last
-    assert len([n for n in by_name if "seed 5" in n]) == 4
+    assert len([n for n in by_name if "seed 5" in n]) == 5
     with pytest.raises(SystemExit, match="--extra-seeds.*\\[3\\]"):
         benchmark_suite.main(["--dry-run", "--tasks", "drawer", f"--out={out}", "--seed=3", "--extra-seeds", "3"])
     with pytest.raises(SystemExit, match="--extra-seeds.*\\[4\\]"):

@@ -609,3 +609,42 @@ def test_evaluate_refuses_a_residual_cap_that_is_not_positive():
     for bad in ("0", "-1", "inf", "x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--run=r", f"--max-residual-norm={bad}"])
+
+
+def test_choose_windows_per_policy():
+    """Each policy takes the window with the most successes over its own modes; a tie keeps the runtime default if it
+    is among the best, else the shortest."""
+    from experiments.tune_runtime import choose_windows
+
+    successes = {50: {"a": 10, "b": 5, "c": 7}, 100: {"a": 12, "b": 5, "c": 3}, 150: {"a": 12, "b": 4, "c": 9}}
+    policies = {"pa": ["a"], "pb": ["b"], "pbc": ["b", "c"]}
+    assert choose_windows(successes, policies, default=50) == {"pa": 100, "pb": 50, "pbc": 150}
+    assert choose_windows({25: {"a": 1}, 75: {"a": 1}}, {"pa": ["a"]}, default=50) == {"pa": 25}
+
+
+def test_tune_runtime_starts_train_states_only_and_writes_the_manifest(fake_run, fake_export, tmp_path):
+    """The tuner sweeps windows on the bank's train rows, runs the chosen combination again, and writes each policy's
+    window into the manifest (recorded under source.runtime_tuning), which the runtime then reads."""
+    import shutil
+
+    from experiments.tune_runtime import main
+    from recovla_jax.runtime.manifest import with_stall_windows
+
+    run, export = tmp_path / "run", tmp_path / "export"
+    shutil.copytree(fake_run, run, ignore=shutil.ignore_patterns("export", "sim2sim*"))
+    shutil.copytree(fake_export, export)
+    res = main([f"--run={run}", f"--export-dir={export}", "--windows", "20", "5", "--episodes-per-mode=50"])
+    with np.load(run / "bank" / "bank.npz") as z:
+        split, mode = z["split"], z["mode"]
+    modes = json.loads((run / "bank" / "bank.json").read_text())["modes"]
+    assert res["windows"] == [5, 20] and res["states"] == "train"
+    for m in res["modes"]:  # every train state of the mode, no held-out one
+        n_train = int(np.sum((split == 0) & (mode == modes.index(m))))
+        assert all(res["sweep"][w][m]["trials"] == n_train for w in ("5", "20")) and res["chosen_result"][m]["trials"] == n_train
+    m = load_manifest(export)  # the sha256 of every model still matches: only the manifest changed
+    assert {p.name: p.recovery_stall_steps for p in m.recovery_policies} == res["chosen"]
+    assert set(res["chosen"].values()) <= {5, 20} and m.source["runtime_tuning"]["states"] == "train"
+    assert "chosen, run again" in (run / "runtime_tuning" / "tuning.md").read_text()
+    assert all(p.recovery_stall_steps is None for p in load_manifest(fake_export).recovery_policies)  # untouched
+    with pytest.raises(ValueError, match="unknown recovery policies"):
+        with_stall_windows(m, {"nope": 5}, {})

@@ -195,30 +195,42 @@ class Sim2SimEvaluator:
         monitor = self.runtimes["runtime_rules"].monitor
         return {p.name: monitor.stall_window(p.recovery_stall_steps) for p in self.manifest.recovery_policies}
 
+    def failure_episodes(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...], arms: tuple[str, ...],
+                         on_episode: Callable[[str, str, bool], None] | None = None) -> dict[str, tuple]:
+        """Mode -> (states of the mode in the split, arm -> episode results, episodes.jsonl records): every chosen
+        start of the mode once per arm, each state under its own dynamics draw (the same for every arm)."""
+        out = {}
+        for m, (idx, split_total) in self.failure_starts(bank_arrays, bank_modes).items():
+            if len(idx) == 0:
+                continue
+            results: dict[str, list[EpisodeResult]] = {a: [] for a in arms}
+            records = []
+            for i in idx:
+                start = {k: np.asarray(bank_arrays[k][i]) for k in STATE_FIELDS}
+                seed = episode_seed(self.cfg.seed, m, int(i))
+                self.fixed.set_label(m)
+                for arm in arms:
+                    r = run_episode(self.robot, self.runtimes[arm], start, seed, self.max_steps, self.physics_times)
+                    results[arm].append(r)
+                    records.append(r.record(m, arm, int(i)))
+                    if on_episode:
+                        on_episode(m, arm, r.success)
+            out[m] = (int(split_total), results, records)
+        return out
+
     def run(self, bank_arrays: dict[str, np.ndarray], bank_modes: tuple[str, ...],
             mjx_results: dict | None, on_episode: Callable[[str, str, bool], None] | None = None) -> dict:
         cfg = self.cfg
         out: dict = {"modes": {}, "nominal": {}, "episodes": [], "states": cfg.states, "stall_windows": self.stall_windows()}
         if cfg.states != "heldout":
             mjx_results = None  # MJX's numbers are held-out: no comparison for train states
-        for m, (idx, split_total) in self.failure_starts(bank_arrays, bank_modes).items():
-            if len(idx) == 0:
-                continue
-            arms: dict[str, list[EpisodeResult]] = {a: [] for a in FAILURE_ARMS}
-            for j, i in enumerate(idx):
-                start = {k: np.asarray(bank_arrays[k][i]) for k in STATE_FIELDS}
-                seed = episode_seed(cfg.seed, m, int(i))
-                self.fixed.set_label(m)
-                for arm in FAILURE_ARMS:
-                    r = run_episode(self.robot, self.runtimes[arm], start, seed, self.max_steps, self.physics_times)
-                    arms[arm].append(r)
-                    out["episodes"].append(r.record(m, arm, int(i)))
-                    if on_episode:
-                        on_episode(m, arm, r.success)
+        episodes = self.failure_episodes(bank_arrays, bank_modes, FAILURE_ARMS, on_episode)
+        for m, (split_total, arms, records) in episodes.items():
+            out["episodes"] += records
             mjx = (mjx_results or {}).get(m, {})
             native = {a: _rate(rs) for a, rs in arms.items()}
             entry = {
-                "n": int(len(idx)), f"{cfg.states}_states": int(split_total),
+                "n": len(arms["base"]), f"{cfg.states}_states": split_total,
                 "mjx": {"base": mjx.get("base"), "recovla": mjx.get("recovla")},
                 "native": native,
                 "gap": {

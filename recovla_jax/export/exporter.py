@@ -8,9 +8,7 @@ after onnxruntime matches JAX on >= `n_random` random and >= `n_bank` failure-ba
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,7 +21,7 @@ from recovla_jax.export.onnx_io import DEFAULT_OPSET, DEFAULT_TOLERANCE, to_onnx
 from recovla_jax.export.run_reader import (RunDirError, dense_shapes, load_bundles, read_bank, read_base_params,
                                            read_residual_checkpoint)
 from recovla_jax.runtime.gripper import ACTION_NAMES
-from recovla_jax.runtime.manifest import MANIFEST_NAME, ExportManifest, sha256_file
+from recovla_jax.runtime.manifest import ExportManifest, save_manifest, sha256_file
 
 BASE_FILE = "base_policy.onnx"
 WORKSPACE_FIELD = "tcp_pos"
@@ -266,10 +264,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         "opset": opset,
         "versions": _versions(),
     })
-    tmp = out_dir / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
-    os.replace(tmp, out_dir / MANIFEST_NAME)
-    log(f"wrote {out_dir / MANIFEST_NAME} ({len(entries)} recovery policies + base)")
+    log(f"wrote {save_manifest(manifest, out_dir)} ({len(entries)} recovery policies + base)")
     return manifest
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -262,6 +263,30 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def save_manifest(manifest: ExportManifest, directory: Path) -> Path:
+    """Write `directory/manifest.json` atomically (a reader never sees half a manifest)."""
+    directory = Path(directory)
+    tmp = directory / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
+    os.replace(tmp, directory / MANIFEST_NAME)
+    return directory / MANIFEST_NAME
+
+
+def with_stall_windows(manifest: ExportManifest, windows: dict[str, int], source: dict) -> ExportManifest:
+    """The manifest with each named recovery policy's `recovery_stall_steps` set, and where they came from under
+    `source["runtime_tuning"]`; an unknown policy name is refused with the manifest's."""
+    names = [p.name for p in manifest.recovery_policies]
+    unknown = sorted(set(windows) - set(names))
+    if unknown:
+        raise ValueError(f"stall windows for unknown recovery policies {unknown}; the manifest has {names}")
+    policies = [p.model_copy(update={"recovery_stall_steps": windows[p.name]}) if p.name in windows else p
+                for p in manifest.recovery_policies]
+    data = manifest.model_dump(mode="json")
+    data["recovery_policies"] = [p.model_dump(mode="json") for p in policies]
+    data["source"] = {**manifest.source, "runtime_tuning": source}
+    return ExportManifest.model_validate(data)  # validated again: a window below 1 is refused here
 
 
 class ManifestError(ValueError):

@@ -14,8 +14,9 @@ episodes the runtime loses against the policy alone) and episodes.jsonl (one lin
 steps, every runtime switch with its step and reason) into
 --out (default RUN/sim2sim). Uses RUN/export (run `python -m experiments.export` first; if it is
 missing it is created). `--states=train` starts the bank's train states instead (default --out RUN/sim2sim-train):
-for choosing runtime settings such as --recovery-stall-steps without looking at held-out states; the report never
-reads it. Imports no JAX unless it has to export.
+for choosing runtime settings such as --recovery-stall-steps without looking at held-out states (experiments.tune_runtime
+does this for the stall window and writes the choice into the manifest); the report never reads it. Imports no JAX
+unless it has to export.
 """
 
 from __future__ import annotations

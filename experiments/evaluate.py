@@ -80,13 +80,31 @@ def monitor_config(args: argparse.Namespace) -> MonitorConfig:
                          policy_stall_steps=not override)
 
 
+def load_export_and_bank(run: Path, export_dir: Path, console) -> tuple:
+    """(manifest, bank arrays, bank modes) of a run: its exported models' manifest, exporting first when `export_dir`
+    has none, and its failure bank (shared with experiments.tune_runtime)."""
+    import numpy as np
+
+    from recovla_jax.runtime.manifest import MANIFEST_NAME, load_manifest
+    from recovla_jax.utils.run_dirs import bank_dir
+
+    if not (export_dir / MANIFEST_NAME).exists():
+        console.print(f"[yellow]{export_dir} has no manifest: exporting first[/]")
+        from experiments.export import main as export_main
+
+        export_main([f"--run={run}", f"--out={export_dir}"])
+    bdir = bank_dir(run)
+    with np.load(bdir / "bank.npz") as z:
+        bank = {k: z[k] for k in z.files}
+    return load_manifest(export_dir), bank, tuple(json.loads((bdir / "bank.json").read_text())["modes"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from recovla_jax.evaluation.sim2sim import FAILURE_ARMS, NOMINAL_ARMS, Sim2SimConfig, Sim2SimEvaluator, write_report
-    from recovla_jax.runtime.manifest import MANIFEST_NAME, load_manifest
     from recovla_jax.runtime.onnx_policy import OnnxBasePolicy
     from recovla_jax.runtime.robots.native import NativeDynamics
 
@@ -94,21 +112,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR, format="%(name)s %(message)s")
     run = Path(args.run)
     export_dir = Path(args.export_dir) if args.export_dir else run / "export"
-    if not (export_dir / MANIFEST_NAME).exists():
-        console.print(f"[yellow]{export_dir} has no manifest: exporting first[/]")
-        from experiments.export import main as export_main
-
-        export_main([f"--run={run}", f"--out={export_dir}"])
-    manifest = load_manifest(export_dir)
+    manifest, bank, bank_modes = load_export_and_bank(run, export_dir, console)
 
     import numpy as np
 
-    from recovla_jax.utils.run_dirs import bank_dir
-
-    bdir = bank_dir(run)
-    with np.load(bdir / "bank.npz") as z:
-        bank = {k: z[k] for k in z.files}
-    bank_meta = json.loads((bdir / "bank.json").read_text())
     results_path = run / "results.json"
     mjx = json.loads(results_path.read_text()).get("modes") if results_path.exists() else None
     if mjx is None:
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown --base {args.base!r}: use 'onnx' or 'openpi-local'")
 
     evaluator = Sim2SimEvaluator(export_dir, manifest, base, cfg)
-    n_fail = sum(len(idx) for idx, _ in evaluator.failure_starts(bank, tuple(bank_meta["modes"])).values())
+    n_fail = sum(len(idx) for idx, _ in evaluator.failure_starts(bank, bank_modes).values())
     total = n_fail * len(FAILURE_ARMS) + args.nominal_episodes * len(NOMINAL_ARMS)
     split_label = "held-out" if args.states == "heldout" else "TRAIN"
     console.print(f"sim2sim: {n_fail} {split_label} failure states x {len(FAILURE_ARMS)} arms + {args.nominal_episodes} nominal "
@@ -162,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
             progress.update(bar, advance=1, group=f"{group}/{arm}", eps=counts["done"] / max(time.time() - t0, 1e-9),
                             succ=counts["ok"] / counts["done"])
 
-        results = evaluator.run(bank, tuple(bank_meta["modes"]), mjx, on_episode)
+        results = evaluator.run(bank, bank_modes, mjx, on_episode)
     if server is not None:
         client.close()
         server.shutdown()

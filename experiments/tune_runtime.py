@@ -85,24 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from experiments.evaluate import load_export_and_bank
     from recovla_jax.evaluation.sim2sim import Sim2SimConfig, Sim2SimEvaluator
-    from recovla_jax.runtime.manifest import MANIFEST_NAME, load_manifest, save_manifest, with_stall_windows
+    from recovla_jax.runtime.manifest import save_manifest, with_stall_windows
     from recovla_jax.runtime.onnx_policy import OnnxBasePolicy
-    from recovla_jax.utils.run_dirs import bank_dir
 
     console = Console()
     run = Path(args.run)
     export_dir = Path(args.export_dir) if args.export_dir else run / "export"
-    if not (export_dir / MANIFEST_NAME).exists():
-        console.print(f"[yellow]{export_dir} has no manifest: exporting first[/]")
-        from experiments.export import main as export_main
-
-        export_main([f"--run={run}", f"--out={export_dir}"])
-    manifest = load_manifest(export_dir)
-    bdir = bank_dir(run)
-    with np.load(bdir / "bank.npz") as z:
-        bank = {k: z[k] for k in z.files}
-    bank_modes = tuple(json.loads((bdir / "bank.json").read_text())["modes"])
+    manifest, bank, bank_modes = load_export_and_bank(run, export_dir, console)
     windows = sorted(set(args.windows))
     policies = {p.name: list(p.modes) for p in manifest.recovery_policies}
     default = MonitorConfig().recovery_stall_steps
@@ -113,10 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
                             monitor=monitor)
         return Sim2SimEvaluator(export_dir, man, base, cfg)
 
-    probe = evaluator(manifest, MonitorConfig())
-    n_states = sum(len(idx) for idx, _ in probe.failure_starts(bank, bank_modes).values())
+    sweeps = {w: evaluator(manifest, MonitorConfig(recovery_stall_steps=w, policy_stall_steps=False)) for w in windows}
+    n_states = sum(len(idx) for idx, _ in sweeps[windows[0]].failure_starts(bank, bank_modes).values())
     if n_states == 0:
-        raise SystemExit(f"{bdir} has no train states for the exported policies' modes: nothing to tune on")
+        raise SystemExit(f"{run}'s failure bank has no train states for the exported policies' modes: nothing to tune on")
     console.print(f"tune_runtime: {len(windows)} stall windows + the chosen combination x {n_states} TRAIN failure "
                   f"states, arm {args.arm}, native MuJoCo")
     t0 = time.time()
@@ -134,8 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {m: wilson(sum(r.success for r in rs), len(rs)).as_dict() for m, rs in episodes.items()}
 
     with progress:
-        per_window = {w: cells(sweep(evaluator(manifest, MonitorConfig(recovery_stall_steps=w, policy_stall_steps=False)),
-                                     f"window {w}")) for w in windows}
+        per_window = {w: cells(sweep(ev, f"window {w}")) for w, ev in sweeps.items()}
         chosen = choose_windows({w: {m: c["successes"] for m, c in cs.items()} for w, cs in per_window.items()},
                                 policies, default)
         tuned = with_stall_windows(manifest, chosen, {"states": "train", "arm": args.arm,

@@ -281,10 +281,10 @@ def with_stall_windows(manifest: ExportManifest, windows: dict[str, int], source
     unknown = sorted(set(windows) - set(names))
     if unknown:
         raise ValueError(f"stall windows for unknown recovery policies {unknown}; the manifest has {names}")
-    policies = [p.model_copy(update={"recovery_stall_steps": windows[p.name]}) if p.name in windows else p
-                for p in manifest.recovery_policies]
     data = manifest.model_dump(mode="json")
-    data["recovery_policies"] = [p.model_dump(mode="json") for p in policies]
+    for p in data["recovery_policies"]:
+        if p["name"] in windows:
+            p["recovery_stall_steps"] = windows[p["name"]]
     data["source"] = {**manifest.source, "runtime_tuning": source}
     return ExportManifest.model_validate(data)  # validated again: a window below 1 is refused here
 

@@ -49,6 +49,7 @@ hours, on 2 CPU cores, a smoke-scale reproduction whose numbers are NOT the tabl
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -228,6 +229,15 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
     return steps
 
 
+def child_environment(parent: dict[str, str] | None = None) -> dict[str, str]:
+    """The steps' environment: the caller's, with PYTHONHASHSEED fixed (0 unless set) so that each of the suite's
+    processes can reuse the compilations of the one before from JAX's persistent cache, as under `dev.py`."""
+    env = dict(os.environ if parent is None else parent)
+    if env.get("PYTHONHASHSEED") in (None, "", "random"):
+        env["PYTHONHASHSEED"] = "0"
+    return env
+
+
 def main(argv: list[str] | None = None) -> list[Step]:
     args = build_parser().parse_args(argv)
     budget, why = resolve_budget(args.budget)
@@ -257,7 +267,7 @@ def main(argv: list[str] | None = None) -> list[Step]:
             continue
         print(f"\n[{i:2d}/{len(steps)}] {s.name}\n$ {s.shell(python)}", flush=True)
         t0 = time.time()
-        rc = subprocess.call([python, *s.argv])
+        rc = subprocess.call([python, *s.argv], env=child_environment())
         print(f"[{i:2d}] {s.name}: exit {rc} after {(time.time() - t0) / 60:.1f} min", flush=True)
         if rc != 0:
             failed.append(s.name)

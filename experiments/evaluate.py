@@ -99,6 +99,12 @@ def load_export_and_bank(run: Path, export_dir: Path, console) -> tuple:
     return load_manifest(export_dir), bank, tuple(json.loads((bdir / "bank.json").read_text())["modes"])
 
 
+def configure_runtime_logging(verbose: bool) -> None:
+    """Per-step runtime events (switches, safety clamps) go to episodes.jsonl; the terminal shows them only with -v,
+    else thousands of episodes would print a warning per clamped step over the progress bar."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, format="%(name)s %(message)s")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from rich.console import Console
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     from recovla_jax.runtime.robots.native import NativeDynamics
 
     console = Console()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR, format="%(name)s %(message)s")
+    configure_runtime_logging(args.verbose)
     run = Path(args.run)
     export_dir = Path(args.export_dir) if args.export_dir else run / "export"
     manifest, bank, bank_modes = load_export_and_bank(run, export_dir, console)

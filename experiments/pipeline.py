@@ -16,6 +16,7 @@ from tensorboardX import SummaryWriter
 from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
 from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_config, start_policy, starts_description,
                                         train_policy, training_env, warm_start_record)
+from experiments.report import trained_arm_label
 from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, evaluation_keys
 from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, wilson
 from recovla_jax.failures import expert_paths
@@ -208,7 +209,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     apply = lambda p, obs: trainer.policy_fn(p[0], p[1], obs, deterministic=True)  # noqa: E731 (same net for all)
     evaluator = RecoveryEvaluator(eval_env, apply, args.episode_length, seed=10_000 + args.seed, randomization=eval_random,
                                   state_ids=evaluation_keys(held_rows))
-    log(f"evaluating on {len(held)} held-out failure states (base alone and ReCoVLA; the first call compiles)")
+    arm = trained_arm_label(diagnosis["selector"], args.mask)
+    log(f"evaluating on {len(held)} held-out failure states (base alone and {arm}; the first call compiles)")
     for m in usable:
         idx = np.flatnonzero(held.arrays["mode"] == task.failure_modes.index(m))
         params = policy_params[m if args.policy == "per-mode" else "conditioned"]
@@ -216,7 +218,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         recovla = evaluator.success(params, idx)
         results["modes"][m] = {"descriptor": descriptors[m].model_dump(), "base": base_alone, "recovla": recovla,
                                "train_states": counts[m]["train"], "heldout_states": counts[m]["heldout"]}
-        log(f"eval {m}: base alone {_fmt(base_alone)}  ReCoVLA {_fmt(recovla)}")
+        log(f"eval {m}: base alone {_fmt(base_alone)}  {arm} {_fmt(recovla)}")
     rates = [results["modes"][m]["recovla"]["rate"] for m in usable]
     base_rates = [results["modes"][m]["base"]["rate"] for m in usable]
     results["average"] = {"recovla": float(np.mean(rates)), "base": float(np.mean(base_rates))}

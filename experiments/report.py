@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def trained_arm_label(selector: str | None, mask: str | None) -> str:
+    """What a main-job run trained, for its log and summary: only a run on the selector's own mask is ReCoVLA."""
+    if mask == "wrong":
+        return FIXED_LABELS["wrong-mask"]
+    return FIXED_LABELS["oracle-mask"] if selector == "oracle" else "ReCoVLA"
+
+
 def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
     """(method key, label) of a main-job run: wrong-mask, oracle-mask or
     recovla-<selector>[-conditioned][-handback][-paths][-desync][-warm]."""
@@ -162,14 +169,19 @@ class Table:
             self.task(task)["nominal"][method] = (cell, source)
 
     def methods(self) -> list[str]:
-        """Every column of the issue's table, present or not (missing ones read "—"); one per ReCoVLA selector."""
+        """Every column of the issue's table, present or not (missing ones read "—"); one per ReCoVLA selector and
+        one per protocol variant of a residual column (e.g. "residual, oracle mask, expert warm start")."""
         present = ({m for t in self.tasks.values() for (_, m) in t["cells"]}
                    | {m for t in self.tasks.values() for m in t["nominal"]})
         recovla = sorted(m for m in present if m.startswith("recovla-"))
         if not recovla:
             recovla = ["recovla"]
             self.labels.setdefault("recovla", "ReCoVLA")
-        return ["base", *BASELINES, *recovla, "oracle-mask", "wrong-mask", "sim2sim"]
+
+        def variants(method: str) -> list[str]:
+            return sorted(m for m in present if m == method or m.startswith(f"{method}-")) or [method]
+
+        return ["base", *BASELINES, *recovla, *variants("oracle-mask"), *variants("wrong-mask"), "sim2sim"]
 
 
 def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:

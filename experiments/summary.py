@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from experiments.report import trained_arm_label  # noqa: E402
+
 
 def write_learning_curves(curves: dict[str, list[dict]], path: Path, settle_steps: int = 0) -> None:
     """Return and training success per policy against env steps.
@@ -96,6 +98,7 @@ def _protocol_lines(results: dict) -> list[str]:
 
 
 def write_summary(results: dict, config: dict, path: Path) -> None:
+    arm = trained_arm_label(results["selector"], results.get("mask"))
     lines = [
         f"# recovla-jax run: task `{results['task']}`",
         "",
@@ -114,7 +117,7 @@ def write_summary(results: dict, config: dict, path: Path) -> None:
         "",
         _conditions(results.get("eval_conditions")),
         "",
-        "| failure mode | train states | base alone | ReCoVLA residual |",
+        f"| failure mode | train states | base alone | {arm} |",
         "|---|---|---|---|",
     ]
     for m, r in results["modes"].items():
@@ -135,7 +138,7 @@ def write_summary(results: dict, config: dict, path: Path) -> None:
                      f"{_cell(results['pooled']['recovla'])} |")
     lines += ["", f"Target (average over modes >= 80%, every cell n >= {t.get('min_trials_per_cell', 200)}): {verdict}.", "",
               "## Descriptors", ""]
-    lines += ["| true mode | diagnosed as | stage | source | agreement | fallbacks | reward mask | ReCoVLA success |",
+    lines += [f"| true mode | diagnosed as | stage | source | agreement | fallbacks | reward mask | {arm} success |",
               "|---|---|---|---|---|---|---|---|"]
     for m, r in results["modes"].items():
         d = r["descriptor"]

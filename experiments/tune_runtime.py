@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the dynamics draws and noise")
     p.add_argument("--out", default=None, help="where tuning.json/.md go (default RUN/runtime_tuning)")
     p.add_argument("--no-write", action="store_true", help="report the choice without writing it into the manifest")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every runtime event")
     return p
 
 
@@ -85,12 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from experiments.evaluate import load_export_and_bank
+    from experiments.evaluate import configure_runtime_logging, load_export_and_bank
     from recovla_jax.evaluation.sim2sim import Sim2SimConfig, Sim2SimEvaluator
     from recovla_jax.runtime.manifest import save_manifest, with_stall_windows
     from recovla_jax.runtime.onnx_policy import OnnxBasePolicy
 
     console = Console()
+    configure_runtime_logging(args.verbose)
     run = Path(args.run)
     export_dir = Path(args.export_dir) if args.export_dir else run / "export"
     manifest, bank, bank_modes = load_export_and_bank(run, export_dir, console)

@@ -658,7 +658,12 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
     warm = results["expert_warm_start"]
     assert warm["rounds"] == 1 and warm["extra_env_steps"] == 4 * 512 * 20 and warm["fallback"] and not warm["fit_rejected"]
     assert warm["policies"]["missed_handle"]["rounds"][0]["executed"] == "expert-guided"
-    assert "expert warm start" in (run / "summary.md").read_text()
+    summary = (run / "summary.md").read_text()
+    assert "expert warm start" in summary and "| failure mode | train states | base alone | ReCoVLA |" in summary
+    from experiments.summary import write_summary  # an ablation's summary names what it trained, not ReCoVLA
+
+    write_summary({**results, "mask": "wrong"}, config, tmp_path / "wrong.md")
+    assert "| base alone | residual, wrong mask |" in (tmp_path / "wrong.md").read_text()
     cell = results["modes"]["missed_handle"]
     assert set(results["modes"]) == {"missed_handle"} and cell["heldout_states"] == int(
         np.sum((labelled_bank.arrays["split"] == 1) & (labelled_bank.arrays["mode"] == 0)))

@@ -323,6 +323,44 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     assert benchmark_suite.resolve_budget("auto")[0] == ("full" if on_accelerator() else "reduced")
 
 
+def test_an_ablation_run_with_its_task_s_protocol_keeps_its_own_column(tmp_path, fixture_runs):
+    """A warm-started oracle or wrong-mask run (what benchmark_suite makes for peg_insert) is a method variant: it gets
+    a column of its own instead of vanishing from a table whose fixed columns have no such key."""
+    import json
+
+    from experiments.report import main
+
+    wrong = _main_run(tmp_path, "wrong-warm", selector="auto", mask="wrong", resolved="rules",
+                      recovla={"missed_handle": _w(13, 20)}, base={m: _w(1, 20) for m in MODES})
+    config = json.loads((wrong / "config.json").read_text())
+    _write(wrong / "config.json", {**config, "expert_warm_start": 2})
+    rep = main(["--runs", *map(str, fixture_runs), str(wrong), "--out", str(tmp_path / "report"), "--no-plot"])
+    assert rep["methods"] == ["base", "finetune", "residual-full", "recovla-rules", "oracle-mask", "wrong-mask-warm",
+                              "sim2sim"]  # no empty plain wrong-mask column beside its variant
+    text = rep["markdown"].read_text()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| task"))
+    assert "| residual, wrong mask, expert warm start |" in header
+    row = next(ln for ln in text.splitlines() if ln.startswith("| drawer") and "| missed_handle |" in ln)
+    assert "65.0% [" in row
+
+
+def test_a_run_s_trained_arm_is_recovla_only_on_the_selector_s_own_mask():
+    from experiments.report import trained_arm_label
+
+    assert trained_arm_label("rules", "selected") == "ReCoVLA" and trained_arm_label("gemini", None) == "ReCoVLA"
+    assert trained_arm_label("oracle", "selected") == "residual, oracle mask"
+    assert trained_arm_label("oracle", "wrong") == trained_arm_label("rules", "wrong") == "residual, wrong mask"
+
+
+def test_benchmark_suite_steps_share_the_compilation_cache():
+    """Each step is a new process: without a fixed hash seed none could reuse the one before's compilations."""
+    from experiments.benchmark_suite import child_environment
+
+    assert child_environment({"PATH": "/bin"}) == {"PATH": "/bin", "PYTHONHASHSEED": "0"}
+    assert child_environment({"PYTHONHASHSEED": "random"})["PYTHONHASHSEED"] == "0"
+    assert child_environment({"PYTHONHASHSEED": "7"})["PYTHONHASHSEED"] == "7"  # the caller's choice is kept
+
+
 def test_full_reward_mask(drawer_task):
     from recovla_jax.rewards.compiler import RewardMaskError, mask_to_weights
     from recovla_jax.rewards.full_mask import full_reward_mask, full_reward_weights

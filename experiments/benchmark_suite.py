@@ -41,9 +41,10 @@ at 100 for every policy, chosen by the same train-state comparison before the tu
 Budgets: `full` = the main job's defaults (4096 envs, 20M env steps per policy on GPU/TPU; 128 envs, 1M
 on CPU), all held-out and 100 nominal states in sim-to-sim. `reduced` = 64 envs, 40k env steps per policy,
 256 injected candidates per mode (no held-out target), 32 nominal starts per mode, 20 sim-to-sim states per mode
-(and 20 train states per mode for the stall windows): minutes, not
-hours, on 2 CPU cores, a smoke-scale reproduction whose numbers are NOT the table's results. `auto` (default)
-= full on an accelerator, reduced on CPU, and it prints which.
+(and 20 train states per mode for the stall windows): a smoke-scale reproduction whose numbers are NOT the table's
+results, and still hours on 2 CPU cores (session 27: drawer 23 min, peg_insert 46 min, pick_place about an hour;
+cloning a task's base policy, 1.5-7 min, comes first where it is not cached). `auto` (default) = full on an
+accelerator, reduced on CPU, and it prints which.
 """
 
 from __future__ import annotations

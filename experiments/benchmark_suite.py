@@ -233,8 +233,10 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
 def child_environment(parent: dict[str, str] | None = None) -> dict[str, str]:
     """The steps' environment: the caller's, with PYTHONHASHSEED fixed (0 unless set) so that each of the suite's
     processes can reuse the compilations of the one before from JAX's persistent cache, as under `dev.py`."""
+    from recovla_jax.utils.jax_setup import hash_seed_is_random
+
     env = dict(os.environ if parent is None else parent)
-    if env.get("PYTHONHASHSEED") in (None, "", "random"):
+    if hash_seed_is_random(env):
         env["PYTHONHASHSEED"] = "0"
     return env
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 import jax
 
@@ -32,9 +33,14 @@ def configure_jax(cache_dir: Path | None = None) -> Path:
     return cache
 
 
+def hash_seed_is_random(env: Mapping[str, str] = os.environ) -> bool:
+    """True when `env` leaves Python's string hashing randomized, which makes every process's cache keys differ."""
+    return env.get("PYTHONHASHSEED") in (None, "", "random")
+
+
 def warn_if_hash_seed_random(log=print) -> None:
     """Say when PYTHONHASHSEED is unset: the persistent compilation cache then misses in every new process."""
-    if os.environ.get("PYTHONHASHSEED") in (None, "", "random"):
+    if hash_seed_is_random():
         log("note: PYTHONHASHSEED is not set, so JAX's persistent compilation cache cannot be reused by the next "
             "run (set PYTHONHASHSEED=0, as `python3 dev.py ...` does)")
 

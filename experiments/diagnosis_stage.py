@@ -3,7 +3,8 @@
 The selector (`auto` = Gemini when an API key is set, else the offline rules) is asked about K train
 states of each mode and the answers are put to a majority vote (`diagnosis.bank_diagnosis`). The run
 records which selector answered, how many answers agreed, fallbacks and cache hits (`diagnosis.json`),
-and `--mask=wrong` swaps in another mode's descriptor so a user can see what a misdiagnosis costs.
+and `--mask=wrong` swaps in the descriptor of the mode whose mask differs most, so a user can see what a
+misdiagnosis costs.
 """
 
 from __future__ import annotations
@@ -26,16 +27,38 @@ def _log(msg: str) -> None:
     log(msg)
 
 
-def wrong_descriptors(task: Task, descriptors: dict[str, RecoveryDescriptor]) -> dict[str, RecoveryDescriptor]:
-    """Each mode gets the descriptor of the next mode in the task's order (a deliberate misdiagnosis)."""
+def mask_distance(a: dict[str, float], b: dict[str, float]) -> float:
+    """L1 distance between two reward masks; a component one mask leaves out weighs 0 there."""
+    return sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
+
+
+def wrong_descriptors(task: Task, descriptors: dict[str, RecoveryDescriptor]
+                      ) -> tuple[dict[str, RecoveryDescriptor], dict[str, dict]]:
+    """(descriptors, what was swapped): each mode gets the descriptor of the other mode whose mask differs most
+    from its own, a deliberate misdiagnosis; ties go to the next mode in the task's order.
+
+    Why the farthest, not simply the next mode's: several tasks give two modes the same mask (pick_place's
+    missed_grasp and dropped_in_transit, stack's toppled_stack and placed_off_centre), and "the next mode's
+    descriptor" then trained those modes on their own mask. The L1 distance of each swap is returned so that a
+    result can say how wrong the wrong mask was; a distance of 0 means the ablation cannot test that mode.
+    """
     modes = list(task.failure_modes)
-    out = {}
+
+    def chosen(mode: str) -> RecoveryDescriptor:
+        return descriptors.get(mode) or oracle_descriptor(task, mode)
+
+    out, swaps = {}, {}
     for i, m in enumerate(modes):
-        other = modes[(i + 1) % len(modes)]
-        src = descriptors.get(other) or oracle_descriptor(task, other)
-        out[m] = src.model_copy(update={"source": f"wrong-mask({src.source}; true mode {m})",
-                                        "rationale": f"ablation: the descriptor of {other!r} used for {m!r}"}, deep=True)
-    return out
+        own = chosen(m).reward_mask
+        others = [modes[(i + j) % len(modes)] for j in range(1, len(modes))]
+        other = max(others, key=lambda o: mask_distance(own, chosen(o).reward_mask))
+        distance = mask_distance(own, chosen(other).reward_mask)
+        src = chosen(other)
+        out[m] = src.model_copy(update={
+            "source": f"wrong-mask({src.source}; true mode {m})",
+            "rationale": f"ablation: the descriptor of {other!r} used for {m!r} (mask L1 distance {distance:g})"}, deep=True)
+        swaps[m] = {"descriptor_of": other, "mask_l1_distance": distance}
+    return out, swaps
 
 
 def check_reward_weights(task: Task, weights: list[tuple[str, float]]) -> None:
@@ -76,8 +99,12 @@ def diagnose_modes(task: Task, bank: FailureBank, args: argparse.Namespace,
             descriptors[m] = per_mode[m].descriptor.model_copy(deep=True)
         else:  # no train states of this mode: it is not trained; keep a placeholder so weights stay dense
             descriptors[m] = oracle_descriptor(task, m)
+    swaps = None
     if args.mask == "wrong":
-        descriptors = wrong_descriptors(task, descriptors)
+        descriptors, swaps = wrong_descriptors(task, descriptors)
+        for m, swap in swaps.items():
+            _log(f"--mask=wrong: {m} trains on {swap['descriptor_of']}'s mask (L1 distance {swap['mask_l1_distance']:g}"
+                 + (": the same mask, so this mode tests nothing)" if swap["mask_l1_distance"] == 0 else ")"))
     if args.residual_penalty is not None:
         for d in descriptors.values():
             d.reward_mask["residual_magnitude"] = args.residual_penalty
@@ -90,6 +117,7 @@ def diagnose_modes(task: Task, bank: FailureBank, args: argparse.Namespace,
                          "matches_label": md.matches_label, "fallbacks": md.fallbacks, "cache_hits": md.cache_hits,
                          "mode_votes": md.mode_votes}
                      for m, md in per_mode.items()},
+        **({"wrong_mask": swaps} if swaps else {}),
     }
     (run_dir / "diagnosis.json").write_text(json.dumps(
         {**record, "modes": {m: md.model_dump(mode="json") for m, md in per_mode.items()}}, indent=2, default=str))

@@ -70,21 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def trained_arm_label(selector: str | None, mask: str | None) -> str:
-    """What a main-job run trained, for its log and summary: only a run on the selector's own mask is ReCoVLA."""
+def ablation_method(selector: str | None, mask: str | None) -> str | None:
+    """Which mask ablation a main-job run is ("wrong-mask", "oracle-mask"), or None for ReCoVLA itself.
+
+    One decision for the run's own log (trained_arm_label) and for the report's column (infer_run_method):
+    a wrong mask wins over the selector, and only a run on the selector's own mask is ReCoVLA."""
     if mask == "wrong":
-        return FIXED_LABELS["wrong-mask"]
-    return FIXED_LABELS["oracle-mask"] if selector == "oracle" else "ReCoVLA"
+        return "wrong-mask"
+    return "oracle-mask" if selector == "oracle" else None
+
+
+def trained_arm_label(selector: str | None, mask: str | None) -> str:
+    """What a main-job run trained, for its log and summary."""
+    method = ablation_method(selector, mask)
+    return FIXED_LABELS[method] if method else "ReCoVLA"
 
 
 def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
     """(method key, label) of a main-job run: wrong-mask, oracle-mask or
     recovla-<selector>[-conditioned][-handback][-paths][-desync][-warm]."""
     results = results or {}
-    if config.get("mask") == "wrong" or results.get("mask") == "wrong":
-        key, label = "wrong-mask", FIXED_LABELS["wrong-mask"]
-    elif config.get("selector") == "oracle" or results.get("selector") == "oracle":
-        key, label = "oracle-mask", FIXED_LABELS["oracle-mask"]
+    method = ablation_method("oracle" if "oracle" in (config.get("selector"), results.get("selector")) else None,
+                             "wrong" if "wrong" in (config.get("mask"), results.get("mask")) else None)
+    if method:
+        key, label = method, FIXED_LABELS[method]
     else:
         selector = results.get("selector") or config.get("selector", "auto")
         key, label = f"recovla-{selector}", f"ReCoVLA ({selector})"

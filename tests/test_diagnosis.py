@@ -621,10 +621,33 @@ def test_main_job_diagnosis_stage_uses_selector_and_wrong_mask_swaps(drawer_task
         assert d.failure_mode == m and d.source == "rules" and record["per_mode"][m]["k"] == 3
     assert json.loads((tmp_path / "diagnosis.json").read_text())["selector"] == "rules"
 
-    wrong, _ = diagnose_modes(drawer_task, labelled_bank, argparse.Namespace(**{**vars(args), "mask": "wrong"}), tmp_path)
+    wrong, record = diagnose_modes(drawer_task, labelled_bank, argparse.Namespace(**{**vars(args), "mask": "wrong"}),
+                                   tmp_path)
     for m, d in wrong.items():
         assert d.failure_mode != m and d.source.startswith("wrong-mask")
         assert d.reward_mask == descriptors[d.failure_mode].reward_mask
+        assert record["wrong_mask"][m]["descriptor_of"] == d.failure_mode and record["wrong_mask"][m]["mask_l1_distance"] > 0
+    assert json.loads((tmp_path / "diagnosis.json").read_text())["wrong_mask"] == record["wrong_mask"]
+
+
+@pytest.mark.parametrize("task_name", ["drawer", "pick_place", "stack", "peg_insert"])
+def test_the_wrong_mask_ablation_never_hands_a_mode_its_own_mask(task_name):
+    """pick_place's missed_grasp and dropped_in_transit share a mask (so do stack's toppled_stack and
+    placed_off_centre): "the next mode's descriptor" trained those modes on their own mask. The swap takes the
+    other mode whose mask is farthest in L1, and says how far."""
+    from experiments.diagnosis_stage import mask_distance, wrong_descriptors
+    from recovla_jax.diagnosis.descriptor import oracle_descriptor
+    from recovla_jax.tasks.registry import get_task
+
+    task = get_task(task_name)
+    own = {m: oracle_descriptor(task, m) for m in task.failure_modes}
+    wrong, swaps = wrong_descriptors(task, own)
+    for m, d in wrong.items():
+        distances = {o: mask_distance(own[m].reward_mask, own[o].reward_mask) for o in task.failure_modes if o != m}
+        assert d.failure_mode == swaps[m]["descriptor_of"] != m
+        assert d.reward_mask != own[m].reward_mask
+        assert swaps[m]["mask_l1_distance"] == max(distances.values()) > 0
+        assert f"L1 distance {swaps[m]['mask_l1_distance']:g}" in d.rationale
 
 
 def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task, drawer_base_policy, labelled_bank,

@@ -23,7 +23,10 @@ MJX, >= 75% zero-shot native), taking for each task the column of the last ReCoV
 fine-tuned base's mean over the same cells. Runs of one task and method with different seeds (config.json's `seed`)
 also get an "Across seeds" section: each seed's cell, the mean of the seeds and their range, and a target line with
 every cell averaged over its seeds. Writes report.md, report.csv (tidy: one line per task x row x method, numeric;
-seed rows carry their seed) and report.png (bars with Wilson CIs) into --out. Imports no JAX.
+seed rows carry their seed) and report.png (bars with Wilson CIs) into --out. The notes also say how far each
+wrong-mask run's masks were from the right ones, and whether a ReCoVLA run's selector chose the oracle's masks (then
+an oracle-mask run on its bank and seed trains the same policies). Runs nothing under JAX; it imports the task
+classes (and with them JAX) for their families and oracle masks.
 """
 
 from __future__ import annotations
@@ -214,6 +217,7 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
         seed = config.get("seed")
         table.sources.append({"task": task, "column": label, "run": str(run), "budget": _budget(config)})
         table.put_cells(task, method, seed, {m: r.get("recovla") for m, r in results.get("modes", {}).items()}, str(run))
+        table.notes += mask_notes(task, method, label, run)
         for m, r in results.get("modes", {}).items():
             if r.get("base"):
                 t["base_candidates"].append((method, m, r["base"], str(run)))
@@ -267,6 +271,29 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
     for task, t in table.tasks.items():
         _fill_base(table, task, t)
     return table
+
+
+def mask_notes(task: str, method: str, label: str, run: Path) -> list[str]:
+    """What a reader needs to know about a main-job run's masks: for a wrong-mask run, which mode's mask each mode
+    got and how far it was (L1) from its own; for a ReCoVLA run, whether the selector chose the oracle's masks."""
+    if method.startswith("wrong-mask"):
+        swaps = (_read(run / "diagnosis.json") or {}).get("wrong_mask")
+        if not swaps:
+            return [f"{task}/{label} ({run}): no record of its swaps; runs before session 28 took the next mode's mask, "
+                    "which is the mode's own where two modes share one (pick_place, stack)"]
+        shown = ", ".join(f"{m} on {s['descriptor_of']}'s (L1 {s['mask_l1_distance']:g})" for m, s in swaps.items())
+        return [f"{task}/{label}: each mode trained on another mode's mask: {shown}"]
+    descriptors = _read(run / "descriptors.json")
+    if not method.startswith("recovla-") or not descriptors or task not in TASK_FAMILIES:
+        return []
+    from recovla_jax.tasks.registry import task_class
+
+    oracle = task_class(task).oracle_masks
+    differ = [m for m, d in descriptors.items() if d.get("reward_mask") != oracle.get(m)]
+    if not differ:
+        return [f"{task}/{label}: the selector chose the oracle's mask for every mode, so an oracle-mask run on the "
+                "same bank and seed trains the same policies"]
+    return [f"{task}/{label}: masks differ from the oracle's in {', '.join(differ)}"]
 
 
 def _fill_base(table: Table, task: str, t: dict) -> None:

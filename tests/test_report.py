@@ -514,3 +514,33 @@ def test_summary_names_hand_back_and_expert_path_starts():
     assert "c (47.1%)" in gated[1]
     desync = _protocol_lines({"eval_conditions": {}, "desync_episodes": True})
     assert len(desync) == 1 and "first episode was cut at a random length" in desync[0]
+
+
+def test_the_report_says_how_wrong_each_wrong_mask_was_and_whether_the_selector_chose_the_oracle_s(tmp_path, fixture_runs):
+    """A wrong-mask cell means little without the mask it trained on: the notes name each swap and its L1 distance
+    (or say the run predates the record). A ReCoVLA run whose selector chose the oracle's masks gets a note that an
+    oracle-mask run would train the same policies; one that chose otherwise names the modes that differ."""
+    from experiments.report import main
+    from recovla_jax.tasks.registry import task_class
+
+    oracle = task_class("drawer").oracle_masks
+    main_run = fixture_runs[0]
+    _write(main_run / "descriptors.json", {m: {"failure_mode": m, "reward_mask": oracle[m]} for m in MODES})
+    old_wrong = _main_run(tmp_path, "wrong-old", selector="auto", mask="wrong", resolved="rules",
+                          recovla={"missed_handle": _w(13, 20)}, base={m: _w(1, 20) for m in MODES})
+    rep = main(["--runs", *map(str, fixture_runs), str(old_wrong), "--out", str(tmp_path / "r1"), "--no-plot"])
+    text = rep["markdown"].read_text()
+    assert "drawer/ReCoVLA (rules): the selector chose the oracle's mask for every mode" in text
+    assert "no record of its swaps" in text
+
+    new_wrong = _main_run(tmp_path, "wrong-new", selector="auto", mask="wrong", resolved="rules",
+                          recovla={"missed_handle": _w(13, 20)}, base={m: _w(1, 20) for m in MODES})
+    _write(new_wrong / "diagnosis.json", {"wrong_mask": {"missed_handle": {"descriptor_of": "misaligned_gripper",
+                                                                           "mask_l1_distance": 1.5}}})
+    _write(main_run / "descriptors.json", {m: {"failure_mode": m, "reward_mask": {**oracle[m], "success": 1.0}}
+                                           for m in MODES})
+    rep = main(["--runs", *map(str, fixture_runs), str(new_wrong), "--out", str(tmp_path / "r2"), "--no-plot"])
+    text = rep["markdown"].read_text()
+    assert "each mode trained on another mode's mask: missed_handle on misaligned_gripper's (L1 1.5)" in text
+    assert f"masks differ from the oracle's in {', '.join(MODES)}" in text
+    assert "chose the oracle's mask" not in text

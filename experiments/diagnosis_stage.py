@@ -50,10 +50,11 @@ def wrong_descriptors(task: Task, descriptors: dict[str, RecoveryDescriptor]
     out, swaps = {}, {}
     for i, m in enumerate(modes):
         own = chosen(m).reward_mask
-        others = [modes[(i + j) % len(modes)] for j in range(1, len(modes))]
-        other = max(others, key=lambda o: mask_distance(own, chosen(o).reward_mask))
-        distance = mask_distance(own, chosen(other).reward_mask)
-        src = chosen(other)
+        # the other modes in task order after m, so that max() breaks ties toward the next mode
+        distances = {o: mask_distance(own, chosen(o).reward_mask) for o in (modes[(i + j) % len(modes)]
+                                                                            for j in range(1, len(modes)))}
+        other = max(distances, key=distances.__getitem__)
+        distance, src = distances[other], chosen(other)
         out[m] = src.model_copy(update={
             "source": f"wrong-mask({src.source}; true mode {m})",
             "rationale": f"ablation: the descriptor of {other!r} used for {m!r} (mask L1 distance {distance:g})"}, deep=True)

@@ -25,7 +25,8 @@ also get an "Across seeds" section: each seed's cell, the mean of the seeds and 
 every cell averaged over its seeds. Writes report.md, report.csv (tidy: one line per task x row x method, numeric;
 seed rows carry their seed) and report.png (bars with Wilson CIs) into --out. The notes also say how far each
 wrong-mask run's masks were from the right ones, and whether a ReCoVLA run's selector chose the oracle's masks (then
-an oracle-mask run on its bank and seed trains the same policies). Runs nothing under JAX; it imports the task
+an oracle-mask run on its bank and seed trains the same policies), and which baseline columns got their run's
+expert warm start (their labels are shared by every task and do not say it). Runs nothing under JAX; it imports the task
 classes (and with them JAX) for their families and oracle masks.
 """
 
@@ -236,6 +237,7 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
                                    f"{bud.get('timesteps_per_policy')} steps/policy vs {bud.get('run_num_envs')}, "
                                    f"{bud.get('run_timesteps_per_policy')})")
             table.put_cells(task, b, seed, {m: r.get("policy") for m, r in res.get("modes", {}).items()}, src)
+            table.notes += warm_start_notes(task, FIXED_LABELS[b], src, res.get("expert_warm_start"))
             for m, ok in (res.get("base_matches_run") or {}).items():
                 if not ok:
                     table.notes.append(f"{src}: base alone on {m} differs from the run's own evaluation "
@@ -271,6 +273,18 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
     for task, t in table.tasks.items():
         _fill_base(table, task, t)
     return table
+
+
+def warm_start_notes(task: str, label: str, source: str, record: dict | None) -> list[str]:
+    """A baseline column's label has no ", expert warm start" (one label serves every task), yet a baseline of a
+    warm-started run gets the run's warm start: say so, with its rounds, the env steps it took outside PPO's budget
+    and the policies that trained without it."""
+    if not record or int(record.get("rounds") or 0) <= 0:
+        return []
+    plain = sorted({*record.get("skipped", []), *record.get("fit_rejected", [])})
+    without = f"; without it (as in the run): {', '.join(plain)}" if plain else ""
+    return [f"{task}/{label} ({source}): the run's expert warm start, {int(record['rounds'])} DAgger rounds, "
+            f"{int(record.get('extra_env_steps') or 0):,} env steps outside PPO's budget{without}"]
 
 
 def mask_notes(task: str, method: str, label: str, run: Path) -> list[str]:

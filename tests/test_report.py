@@ -49,6 +49,7 @@ def fixture_runs(tmp_path):
     _write(main / "baselines" / "finetune" / "results.json", {
         "method": "finetune", "budget": budget, "device": {"platform": "cpu"},
         "modes": {m: {"policy": _w(5, 20)} for m in MODES},
+        "expert_warm_start": {"rounds": 24, "extra_env_steps": 1_628_160, "skipped": [], "fit_rejected": ["slipped_off"]},
         "nominal": {"policy": _w(40, 96), "base": _w(90, 96)}})
     _write(main / "baselines" / "residual-full" / "results.json", {
         "method": "residual-full", "device": {"platform": "cpu"},
@@ -115,6 +116,10 @@ def test_report_builder_on_fixture_runs(tmp_path, fixture_runs):
     assert "unfinished: no results.json" in notes
     assert "slipped_off: base alone differs" in notes
     assert "budget different" in notes and "first 10 of 20" in notes
+    # the fine-tuned base got its run's warm start, which its column's label does not say; residual-full had none
+    assert ("drawer/fine-tuned base (" in notes and "expert warm start, 24 DAgger rounds, 1,628,160 env steps" in notes
+            and "without it (as in the run): slipped_off" in notes)
+    assert not any(n.startswith("drawer/residual, full reward") for n in rep["notes"])
     with rep["csv"].open() as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_FIELDS

@@ -26,7 +26,9 @@ every cell averaged over its seeds. Writes report.md, report.csv (tidy: one line
 seed rows carry their seed) and report.png (bars with Wilson CIs) into --out. The notes also say how far each
 wrong-mask run's masks were from the right ones, and whether a ReCoVLA run's selector chose the oracle's masks (then
 an oracle-mask run on its bank and seed trains the same policies), and which baseline columns got their run's
-expert warm start (their labels are shared by every task and do not say it). Runs nothing under JAX; it imports the task
+expert warm start (their labels are shared by every task and do not say it). A main-job method's ", expert warm
+start" runs share its column (one column per method) unless a task has runs of both; a note names the warm-started
+tasks. Runs nothing under JAX; it imports the task
 classes (and with them JAX) for their families and oracle masks.
 """
 
@@ -272,7 +274,42 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
             table.notes.append(f"{run}/sim2sim: not shown (the sim2sim column is the ReCoVLA run's)")
     for task, t in table.tasks.items():
         _fill_base(table, task, t)
+    merge_warm_start_variants(table)
     return table
+
+
+WARM = "-warm"
+
+
+def merge_warm_start_variants(table: Table) -> None:
+    """Fold each ", expert warm start" column into its plain column where no task has both.
+
+    The warm start is part of a task's protocol (`benchmark_suite.TASK_TRAIN_ARGS`, like its alpha), so in the
+    suite's table every method would otherwise split into a plain column holding the drawer and a warm one holding
+    the other tasks, half of each empty. Where one task has both variants (a protocol comparison), they stay apart.
+    A note names the tasks whose cells in the merged column were warm-started."""
+    keys = {m for t in table.tasks.values() for m in [*(k for _, k in t["cells"]), *t["nominal"], *t["seeds"]]}
+    for warm in sorted(k for k in keys if k.endswith(WARM)):
+        plain = warm[: -len(WARM)]
+        if any(_has_method(t, warm) and _has_method(t, plain) for t in table.tasks.values()):
+            continue
+        label = table.labels.get(warm, warm).removesuffix(", expert warm start")
+        table.labels[plain] = label
+        tasks = sorted(name for name, t in table.tasks.items() if _has_method(t, warm))
+        for name in tasks:
+            t = table.tasks[name]
+            t["cells"] = {(row, plain if k == warm else k): v for (row, k), v in t["cells"].items()}
+            for part in ("nominal", "seeds"):
+                t[part] = {plain if k == warm else k: v for k, v in t[part].items()}
+            if t.get("recovla_method") == warm:
+                t["recovla_method"] = plain
+        table.notes.append(f"{label}: the cells of {', '.join(tasks)} come from runs with the expert warm start "
+                           "(their task's protocol); the column's label does not repeat it")
+
+
+def _has_method(t: dict, method: str) -> bool:
+    """Whether a task of the table has any cell, nominal cell or seed of `method`."""
+    return any(k == method for _, k in t["cells"]) or method in t["nominal"] or method in t["seeds"]
 
 
 def warm_start_notes(task: str, label: str, source: str, record: dict | None) -> list[str]:
@@ -283,7 +320,8 @@ def warm_start_notes(task: str, label: str, source: str, record: dict | None) ->
         return []
     plain = sorted({*record.get("skipped", []), *record.get("fit_rejected", [])})
     without = f"; without it (as in the run): {', '.join(plain)}" if plain else ""
-    return [f"{task}/{label} ({source}): the run's expert warm start, {int(record['rounds'])} DAgger rounds, "
+    rounds = int(record["rounds"])
+    return [f"{task}/{label} ({source}): the run's expert warm start, {rounds} DAgger round{'s' * (rounds != 1)}, "
             f"{int(record.get('extra_env_steps') or 0):,} env steps outside PPO's budget{without}"]
 
 

@@ -144,13 +144,16 @@ def test_report_targets_over_every_task(tmp_path, fixture_runs):
                                             "tilted_in_grasp": {"base": _w(0, 10), "recovla": _w(6, 10)}}})
     rep = build_report([*fixture_runs, peg], tmp_path / "r", plot=False)
     tg = rep["targets"]
-    assert tg["columns"] == {"drawer": "ReCoVLA (rules)", "peg_insert": "ReCoVLA (rules), expert warm start"}
+    # peg's warm-started run shares drawer's column (no task has both), and a note says which cells were warm-started
+    assert tg["columns"] == {"drawer": "ReCoVLA (rules)", "peg_insert": "ReCoVLA (rules)"}
+    assert "ReCoVLA (rules): the cells of peg_insert come from runs with the expert warm start" in "\n".join(rep["notes"])
     assert tg["recovla_mjx"]["rate"] == pytest.approx((0.75 + 0.5 + 1.0 + 0.9 + 0.6) / 5) and tg["recovla_mjx"]["modes"] == 5
     assert not tg["mjx_met"]
     assert (tg["recovla_native"]["modes"], tg["finetune_mjx"]["modes"]) == (3, 3)  # peg has neither
     assert not tg["native_met"]  # 50% and two cells missing
     overall = next(r for r in rep["rows"] if r["kind"] == "overall")
-    assert overall["cells"]["recovla-rules"]["of"] == 5 and overall["cells"]["recovla-rules-warm"]["modes"] == 2
+    assert overall["cells"]["recovla-rules"]["of"] == 5 and overall["cells"]["recovla-rules"]["modes"] == 5
+    assert "recovla-rules-warm" not in rep["methods"]
     text = rep["text"]
     assert "| **all tasks average** |" in text
     assert "ReCoVLA in MJX: **75.0%** over 5 of 5 cells (target 80%: not met)" in text
@@ -328,9 +331,10 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     assert benchmark_suite.resolve_budget("auto")[0] == ("full" if on_accelerator() else "reduced")
 
 
-def test_an_ablation_run_with_its_task_s_protocol_keeps_its_own_column(tmp_path, fixture_runs):
-    """A warm-started oracle or wrong-mask run (what benchmark_suite makes for peg_insert) is a method variant: it gets
-    a column of its own instead of vanishing from a table whose fixed columns have no such key."""
+def test_a_warm_started_ablation_run_fills_its_method_s_column_unless_its_task_has_both(tmp_path, fixture_runs):
+    """A warm-started oracle or wrong-mask run (what benchmark_suite makes for peg_insert) is a method variant: it
+    never vanishes from a table whose fixed columns have no such key; it fills its method's column where its task
+    has no other variant, and gets a column of its own beside a plain run of the same task."""
     import json
 
     from experiments.report import main
@@ -340,13 +344,21 @@ def test_an_ablation_run_with_its_task_s_protocol_keeps_its_own_column(tmp_path,
     config = json.loads((wrong / "config.json").read_text())
     _write(wrong / "config.json", {**config, "expert_warm_start": 2})
     rep = main(["--runs", *map(str, fixture_runs), str(wrong), "--out", str(tmp_path / "report"), "--no-plot"])
-    assert rep["methods"] == ["base", "finetune", "residual-full", "recovla-rules", "oracle-mask", "wrong-mask-warm",
-                              "sim2sim"]  # no empty plain wrong-mask column beside its variant
+    # alone in its task, the variant fills the plain column (one column per method), and a note names its protocol
+    assert rep["methods"] == ["base", "finetune", "residual-full", "recovla-rules", "oracle-mask", "wrong-mask", "sim2sim"]
     text = rep["markdown"].read_text()
     header = next(ln for ln in text.splitlines() if ln.startswith("| task"))
-    assert "| residual, wrong mask, expert warm start |" in header
+    assert "| residual, wrong mask |" in header and "expert warm start |" not in header
     row = next(ln for ln in text.splitlines() if ln.startswith("| drawer") and "| missed_handle |" in ln)
     assert "65.0% [" in row
+    assert "residual, wrong mask: the cells of drawer come from runs with the expert warm start" in "\n".join(rep["notes"])
+    # beside a plain wrong-mask run of the same task (a protocol comparison) it keeps a column of its own
+    plain = _main_run(tmp_path, "wrong-plain", selector="auto", mask="wrong", resolved="rules",
+                      recovla={"missed_handle": _w(4, 20)}, base={m: _w(1, 20) for m in MODES})
+    both = main(["--runs", *map(str, fixture_runs), str(plain), str(wrong), "--out", str(tmp_path / "both"), "--no-plot"])
+    assert both["methods"][-3:] == ["wrong-mask", "wrong-mask-warm", "sim2sim"]
+    header = next(ln for ln in both["markdown"].read_text().splitlines() if ln.startswith("| task"))
+    assert "| residual, wrong mask | residual, wrong mask, expert warm start |" in header
 
 
 def test_a_run_s_trained_arm_is_recovla_only_on_the_selector_s_own_mask():

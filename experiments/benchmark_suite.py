@@ -43,7 +43,7 @@ on CPU), all held-out and 100 nominal states in sim-to-sim. `reduced` = 64 envs,
 256 injected candidates per mode (no held-out target), 32 nominal starts per mode, 20 sim-to-sim states per mode
 (and 20 train states per mode for the stall windows): a smoke-scale reproduction whose numbers are NOT the table's
 results, and still hours on 2 CPU cores (session 27: drawer 23 min, peg_insert 46 min, pick_place 74 min; stack
-about 3 h, session 29: 33 min per training run on its 300-step episodes; cloning a task's base policy,
+about 3 h, session 29: 26-33 min per training run on its 300-step episodes; cloning a task's base policy,
 1.5-15 min (stack's 14.7), comes first where it is not cached). `auto` (default) = full on an
 accelerator, reduced on CPU, and it prints which.
 """

@@ -28,8 +28,7 @@ wrong-mask run's masks were from the right ones, and whether a ReCoVLA run's sel
 an oracle-mask run on its bank and seed trains the same policies), and which baseline columns got their run's
 expert warm start (their labels are shared by every task and do not say it). A main-job method's ", expert warm
 start" runs share its column (one column per method) unless a task has runs of both; a note names the warm-started
-tasks. Runs nothing under JAX; it imports the task
-classes (and with them JAX) for their families and oracle masks.
+tasks. Runs nothing under JAX; it imports the task classes (and with them JAX) for their families and oracle masks.
 """
 
 from __future__ import annotations
@@ -60,6 +59,8 @@ FIXED_LABELS = {"base": "base alone", "finetune": "fine-tuned base", "residual-f
 SIM2SIM_ARMS = ("policy", "runtime_oracle", "runtime_rules")
 # Which main-job run's base-alone numbers fill the base column when several runs of a task have them.
 _BASE_PRIORITY = ("recovla", "oracle-mask", "wrong-mask")
+# What `infer_run_method` appends to a warm-started run's column key and label; `merge_warm_start_variants` strips them.
+WARM_KEY, WARM_LABEL = "-warm", ", expert warm start"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +113,7 @@ def infer_run_method(config: dict, results: dict | None) -> tuple[str, str]:
     if config.get("desync_episodes"):
         key, label = f"{key}-desync", f"{label}, desynced episodes"
     if int(config.get("expert_warm_start") or 0) > 0:
-        key, label = f"{key}-warm", f"{label}, expert warm start"
+        key, label = f"{key}{WARM_KEY}", f"{label}{WARM_LABEL}"
     return key, label
 
 
@@ -278,9 +279,6 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
     return table
 
 
-WARM = "-warm"
-
-
 def merge_warm_start_variants(table: Table) -> None:
     """Fold each ", expert warm start" column into its plain column where no task has both.
 
@@ -289,11 +287,11 @@ def merge_warm_start_variants(table: Table) -> None:
     the other tasks, half of each empty. Where one task has both variants (a protocol comparison), they stay apart.
     A note names the tasks whose cells in the merged column were warm-started."""
     keys = {m for t in table.tasks.values() for m in [*(k for _, k in t["cells"]), *t["nominal"], *t["seeds"]]}
-    for warm in sorted(k for k in keys if k.endswith(WARM)):
-        plain = warm[: -len(WARM)]
+    for warm in sorted(k for k in keys if k.endswith(WARM_KEY)):
+        plain = warm.removesuffix(WARM_KEY)
         if any(_has_method(t, warm) and _has_method(t, plain) for t in table.tasks.values()):
             continue
-        label = table.labels.get(warm, warm).removesuffix(", expert warm start")
+        label = table.labels.get(warm, warm).removesuffix(WARM_LABEL)
         table.labels[plain] = label
         tasks = sorted(name for name, t in table.tasks.items() if _has_method(t, warm))
         for name in tasks:

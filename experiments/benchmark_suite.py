@@ -19,15 +19,12 @@ its "Across seeds" section shows every seed's cells, while the main table shows 
 Every method of a task trains on the same failure bank (2 and 3 reuse 1's, 4-6 read it from the run) with
 the same env steps per policy (the baselines take the run's budget from its config.json).
 
-Per-task training settings: the table's protocol for a task is part of its runs. `TASK_TRAIN_ARGS` holds the
-settings of each task's best measured run in the README's Results (peg_insert: `--alpha=2 --expert-warm-start=24`;
-pick_place: the same with 160-step recoveries, `--episode-length=160`, 78.3% against 60.0% at the task's 80 steps,
-session 20: from a missed grasp the scripted expert recovers 41% in 80 steps and 97% in 200; and on a 4096-candidate
-bank with 8000 Adam steps per warm-start fit, `--candidates=4096 --warm-start-fit-steps=8000`, 85.8%, sessions 23-24:
-at the default 2000 missed_grasp's fit underfits the bigger bank, 34.0%; the reduced budget keeps its own
-`--candidates`); stack: `--alpha=2 --expert-warm-start=3` on the whole episode, 84.1% against 37.3% with
-`--hand-back`, session 19; the drawer keeps the defaults); `--train-arg TASK:ARG` (repeatable) adds one for a
-task, `--no-task-args` drops the defaults. They go to all three main-job runs of the task; the baselines read
+Per-task training settings: the table's protocol for a task is part of its runs. `TASK_TRAIN_ARGS` holds each
+task's recipe from `experiments.task_recipes` (the settings of its best measured run in the README's Results, with
+the sessions that measured them; the main job's own defaults for the task since session 30), written out on every
+main-job command so that each printed command is complete on its own; the reduced budget keeps its own
+`--candidates`. `--train-arg TASK:ARG` (repeatable) adds one for a task, `--no-task-args` drops the recipe (the
+main-job runs then get `--no-task-recipe`). They go to all three main-job runs of the task; the baselines read
 them from the run's config.json, so they follow.
 The reduced budget keeps one warm-start round (`--expert-warm-start=1`): the warm start's rollouts do not shrink
 with the budget (512 per round). Sim-to-sim runs every task with the runtime's defaults (since session 23 a
@@ -60,15 +57,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from experiments.task_recipes import NO_RECIPE_FLAG, TASK_RECIPES, recipe_args
+
 REDUCED = {"train": ["--num-envs=64", "--timesteps=40000", "--candidates=256", "--min-heldout=0"],
            "nominal": ["--nominal-episodes=32"], "sim2sim": ["--episodes-per-mode=20", "--nominal-episodes=20"],
            "tune": ["--episodes-per-mode=20"]}
 FULL = {"train": [], "nominal": [], "sim2sim": [], "tune": []}
-TASK_TRAIN_ARGS: dict[str, tuple[str, ...]] = {"pick_place": ("--alpha=2", "--expert-warm-start=24",
-                                                               "--episode-length=160", "--candidates=4096",
-                                                               "--warm-start-fit-steps=8000"),
-                                                "stack": ("--alpha=2", "--expert-warm-start=3"),
-                                                "peg_insert": ("--alpha=2", "--expert-warm-start=24")}
+TASK_TRAIN_ARGS: dict[str, tuple[str, ...]] = {t: tuple(recipe_args(t)) for t in TASK_RECIPES}
 REDUCED_WARM_START = "--expert-warm-start=1"  # a smoke run: one DAgger round instead of the table's
 
 
@@ -100,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-arg", action="append", default=[], type=task_train_arg, metavar="TASK:ARG",
                    help="an experiments.train option for TASK's main-job runs, e.g. stack:--hand-back-delay=50 (repeatable)")
     p.add_argument("--no-task-args", action="store_true",
-                   help=f"drop the per-task training defaults {TASK_TRAIN_ARGS}")
+                   help=f"drop the per-task training recipes {TASK_TRAIN_ARGS}")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--skip-existing", action="store_true", help="skip steps whose output already exists (resume a suite)")
     p.add_argument("--keep-going", action="store_true", help="run the remaining steps (and the report) after a failure")
@@ -120,7 +115,7 @@ def task_train_args(tasks: list[str], extra: list[tuple[str, str]], use_defaults
     unknown = sorted({t for t, _ in extra} - set(tasks))
     if unknown:
         raise SystemExit(f"--train-arg: task(s) {unknown} are not among the suite's tasks {tasks}")
-    out = {t: list(TASK_TRAIN_ARGS.get(t, ())) if use_defaults else [] for t in tasks}
+    out = {t: list(TASK_TRAIN_ARGS.get(t, ())) if use_defaults else [NO_RECIPE_FLAG] for t in tasks}
     for t, arg in extra:
         out[t].append(arg)
     return out

@@ -16,8 +16,10 @@ import json
 import time
 from pathlib import Path
 
+from experiments.task_recipes import add_recipe_flag, describe_recipe, parse_with_recipe
 
-def main(argv: list[str] | None = None) -> Path:
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.collect", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="drawer")
@@ -34,7 +36,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--max-candidates", type=int, default=65536, help="cap per mode on candidates with --min-heldout")
     p.add_argument("--render", type=int, default=0, help="PNG frames of this many states per mode (bank_dir/frames)")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    add_recipe_flag(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_with_recipe(build_parser(), argv)
 
     from recovla_jax.utils.jax_setup import configure_jax
 
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> Path:
         args.episode_length = task_class(args.task).config_cls().episode_length
     args.test_steps = args.test_steps or args.episode_length
     task = get_task(args.task, {"episode_length": args.episode_length})
+    if args.task_recipe:
+        console.print(describe_recipe(args.task, args.task_recipe))
     base = load_or_train_base_policy(task, log=console.print)
     cfg = BankConfig(candidates_per_mode=args.candidates, test_steps=args.test_steps, robust_trials=args.robust_trials,
                      heldout_fraction=args.heldout_fraction, seed=args.seed, min_heldout_per_mode=args.min_heldout,

@@ -17,6 +17,7 @@ from experiments.diagnosis_stage import check_reward_weights, diagnose_modes
 from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_config, start_policy, starts_description,
                                         train_policy, training_env, warm_start_record)
 from experiments.report import trained_arm_label
+from experiments.task_recipes import describe_recipe
 from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, evaluation_keys
 from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, wilson
 from recovla_jax.failures import expert_paths
@@ -103,6 +104,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
     log(f"[bold]recovla-jax[/] task={task.name} run_dir={run_dir} device={config['device']['platform']} "
         f"x{config['device']['device_count']} envs={d['num_envs']} timesteps/policy={d['timesteps']:,}")
+    if getattr(args, "task_recipe", None):
+        log(describe_recipe(task.name, args.task_recipe))
 
     # 1. frozen base policy (cached)
     base = load_or_train_base_policy(task, log=log)

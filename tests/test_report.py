@@ -294,6 +294,8 @@ def test_benchmark_suite_dry_run(tmp_path, capsys, monkeypatch):
     assert len(sim2sim) == 2 and not any("--stall-without-failure" in c for c in sim2sim.values())
     bare = benchmark_suite.main(["--dry-run", "--tasks", "stack", f"--out={out}", "--no-task-args"])
     assert not any("--expert-warm-start" in " ".join(s.argv) for s in bare)
+    # ... and tells the main job to leave out its own task recipe, which would otherwise put them back
+    assert all("--no-task-recipe" in s.argv for s in bare if "experiments.train" in s.argv)
     # every run's stall windows are chosen on its train states and written into its manifest before the sim-to-sim
     names = [s.name for s in pick]
     i_export, i_tune, i_eval = (names.index(f"pick_place: {what}") for what in

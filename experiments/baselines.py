@@ -110,7 +110,14 @@ def eval_conditions(config: dict, results: dict | None) -> dict:
                "obs_noise": float(config["obs_noise"]), "latency_prob": float(config["latency_prob"]),
                "start_jitter_m": 0.005, "seed": 10_000 + int(config["seed"]),
                "hand_back": bool(config.get("hand_back", False)), "hand_back_delay": int(config.get("hand_back_delay") or 0)}
-    return {**derived, **((results or {}).get("eval_conditions") or {})}
+    recorded = (results or {}).get("eval_conditions")
+    if recorded:  # as the run evaluated (runs before per-row keys record none and keep their positional draws)
+        return {**derived, **recorded}
+    # No results yet (the main job still training, or stopped before its evaluation): the main job's rule, which
+    # keys each held-out state's dynamics and jitter by its bank row, as the run itself will.
+    from recovla_jax.evaluation.recovery import STATE_KEYS
+
+    return {**derived, "state_keys": STATE_KEYS}
 
 
 def hand_back_kwargs(cond: dict) -> dict:
@@ -209,7 +216,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
 
     from recovla_jax.evaluation.recovery import RecoveryEvaluator, evaluation_keys
     from recovla_jax.export.run_reader import load_run_base
-    from recovla_jax.failures.bank import FailureBank
+    from recovla_jax.failures.bank import BankMismatchError, FailureBank
     from recovla_jax.sim.randomization import DomainRandomization
     from recovla_jax.tasks import get_task
     from recovla_jax.utils.jax_setup import device_summary, package_versions
@@ -221,7 +228,10 @@ def run_baseline(args: argparse.Namespace) -> dict:
     run, config, results = info["run"], info["config"], info["results"]
     out = Path(args.out) if args.out else run / "baselines" / args.method
     task = get_task(config["task"], {"episode_length": int(config["episode_length"])})
-    bank = FailureBank.load(info["bank_dir"])
+    try:
+        bank = FailureBank.load(info["bank_dir"], task)
+    except BankMismatchError as e:
+        raise SystemExit(str(e)) from None
     counts = bank.counts()
     usable = [m for m in task.failure_modes if counts[m]["train"] > 0 and counts[m]["heldout"] > 0]
     if results and results.get("modes"):
@@ -261,8 +271,10 @@ def run_baseline(args: argparse.Namespace) -> dict:
     if ckpt_root.exists() and any(ckpt_root.iterdir()) and not args.resume:
         raise SystemExit(f"{ckpt_root} holds checkpoints: pass --resume to continue, or remove it / pass another --out")
     out.mkdir(parents=True, exist_ok=True)
-    mask = full_reward_mask(task, config.get("residual_penalty"))
-    weights = full_reward_weights(task, config.get("residual_penalty"))
+    # the run's --reward-weight overrides reach the full reward too, so the mask is the only difference
+    overrides = [(str(n), float(w)) for n, w in config.get("reward_weight") or []]
+    mask = full_reward_mask(task, config.get("residual_penalty"), overrides)
+    weights = full_reward_weights(task, config.get("residual_penalty"), overrides)
     finetune = args.method == "finetune"
 
     def make_env(b, start_noise=0.005, start_weights=None):

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     from recovla_jax.diagnosis.bank_diagnosis import diagnose_bank
     from recovla_jax.diagnosis.metrics import plot_confusion, report_markdown, score
     from recovla_jax.diagnosis.selectors import make_selector, resolve_auto
-    from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
+    from recovla_jax.failures.bank import BankConfig, BankMismatchError, FailureBank, collect_failure_bank
     from recovla_jax.sim.native import check_mjx_compatible
     from recovla_jax.tasks import get_task
 
@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     if args.bank_dir:
-        bank = FailureBank.load(Path(args.bank_dir))
+        try:
+            bank = FailureBank.load(Path(args.bank_dir), task)
+        except BankMismatchError as e:
+            raise SystemExit(str(e)) from None
         bank_source = str(args.bank_dir)
-        if bank.task != task.name:
-            raise SystemExit(f"bank {args.bank_dir} is for task {bank.task!r}, not {task.name!r}")
     else:
         from recovla_jax.policies.bc import load_or_train_base_policy
 

@@ -21,7 +21,7 @@ from experiments.task_recipes import describe_recipe
 from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, evaluation_keys
 from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, wilson
 from recovla_jax.failures import expert_paths
-from recovla_jax.failures.bank import BankConfig, FailureBank, collect_failure_bank
+from recovla_jax.failures.bank import BankConfig, BankMismatchError, FailureBank, collect_failure_bank
 from recovla_jax.policies.bc import load_or_train_base_policy
 from recovla_jax.sim.randomization import DomainRandomization
 from recovla_jax.tasks import get_task, task_class
@@ -70,6 +70,19 @@ def resolve_defaults(args: argparse.Namespace) -> dict:
     }
 
 
+def load_bank(directory: Path, task, episode_length: int) -> FailureBank:
+    """A saved bank for `task` (a clear exit if it is another task's), with a warning when its states were tested for
+    fewer base steps than the episodes now get: the base might then recover some of them in the longer episode."""
+    try:
+        bank = FailureBank.load(directory, task)
+    except BankMismatchError as e:
+        raise SystemExit(str(e)) from None
+    if bank.test_steps is not None and bank.test_steps < episode_length:
+        log(f"[yellow]warning:[/] {directory}'s states were tested as base failures over {bank.test_steps} steps; "
+            f"episodes now last {episode_length}: the base-alone column shows how many it recovers in the longer episode")
+    return bank
+
+
 def run_pipeline(args: argparse.Namespace) -> Path:
     t_start = time.time()
     d = resolve_defaults(args)
@@ -112,10 +125,10 @@ def run_pipeline(args: argparse.Namespace) -> Path:
 
     # 2. failure bank
     if args.bank_dir:
-        bank = FailureBank.load(Path(args.bank_dir))
+        bank = load_bank(Path(args.bank_dir), task, args.episode_length)
         log(f"failure bank: loaded {len(bank)} states from {args.bank_dir}")
     elif (run_dir / "bank" / "bank.npz").exists():
-        bank = FailureBank.load(run_dir / "bank")
+        bank = load_bank(run_dir / "bank", task, args.episode_length)
         log(f"failure bank: reusing {len(bank)} states in {run_dir / 'bank'}")
     else:
         bank = collect_failure_bank(task, base, BankConfig(candidates_per_mode=d["candidates"], seed=args.seed,

@@ -37,6 +37,23 @@ def test_bank_save_load_round_trip(tmp_path, drawer_task, drawer_env):
     np.testing.assert_array_equal(taken.arrays["qpos"], bank.arrays["qpos"][rows])
     assert list(taken.arrays["mode"]) == [1, 1, 0]
     assert len(bank.rows_of([], "train")) == 0
+    assert FailureBank.load(tmp_path / "bank", drawer_task).modes == drawer_task.failure_modes
+
+
+def test_a_bank_of_other_modes_is_refused_for_a_task(tmp_path, drawer_task, drawer_env):
+    """Mode labels are indices into the task's modes: a bank with reordered modes would train and score each mode on
+    another's rewards and states, so loading it for the task fails and names both mode lists."""
+    from recovla_jax.failures.bank import BankMismatchError
+
+    bank = _bank_from_resets(drawer_task, drawer_env)
+    reordered = tuple(reversed(drawer_task.failure_modes))
+    FailureBank(bank.task, reordered, bank.stages, bank.arrays, bank.meta).save(tmp_path / "reordered")
+    with pytest.raises(BankMismatchError, match="has modes"):
+        FailureBank.load(tmp_path / "reordered", drawer_task)
+    FailureBank("stack", bank.modes, bank.stages, bank.arrays, bank.meta).save(tmp_path / "other_task")
+    with pytest.raises(BankMismatchError, match="'stack'"):
+        FailureBank.load(tmp_path / "other_task", drawer_task)
+    assert FailureBank.load(tmp_path / "reordered").modes == reordered  # without a task: loaded as saved
 
 
 def test_collected_failures_are_labelled_base_failures(drawer_task, drawer_base_policy):

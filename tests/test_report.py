@@ -396,6 +396,11 @@ def test_full_reward_mask(drawer_task):
     np.testing.assert_array_equal(w[0], mask_to_weights(drawer_task, mask))
     assert w[0][names.index("action_magnitude")] == 0.0
     assert full_reward_mask(drawer_task, residual_penalty=0.0)["residual_magnitude"] == 0.0
+    # a run's --reward-weight overrides reach the full reward as they reached its masks (0 removes a component)
+    some = next(iter(drawer_task.reward_component_descriptions))
+    overridden = full_reward_mask(drawer_task, overrides=[("success", 3.0), (some, 0.0)])
+    assert overridden["success"] == 3.0 and some not in overridden
+    assert full_reward_weights(drawer_task, overrides=[("success", 3.0)])[0][names.index("success")] == 3.0
     bad = SimpleNamespace(name="toy", reward_component_descriptions={"reach": ""},
                           oracle_masks={"a": {"reach": 1.0, "success": 5.0}, "b": {"reach": 1.0, "success": 7.0}})
     with pytest.raises(RewardMaskError, match="disagree"):
@@ -436,6 +441,12 @@ def test_baselines_budget_and_conditions(tmp_path):
     cond = eval_conditions(info["config"], None)
     assert cond["seed"] == 10_003 and cond["domain_randomization"] and cond["start_jitter_m"] == 0.005
     assert eval_conditions(info["config"], {"eval_conditions": {"seed": 7}})["seed"] == 7
+    # a baseline run before the main job's results exist keys each held-out state by its bank row, as the main job
+    # will; a run that recorded its conditions without per-row keys keeps its positional draws
+    from recovla_jax.evaluation.recovery import STATE_KEYS
+
+    assert cond["state_keys"] == STATE_KEYS
+    assert "state_keys" not in eval_conditions(info["config"], {"eval_conditions": {"seed": 7}})
     # every later evaluation of a run's residuals hands back as the run did, delay included
     from experiments.baselines import hand_back_kwargs
 

@@ -48,6 +48,10 @@ class BankConfig(BaseModel):
     seed: int = 0
 
 
+class BankMismatchError(ValueError):
+    """A saved bank that does not belong to the task it is loaded for."""
+
+
 @dataclass
 class FailureBank:
     """Arrays over states (leading axis) plus metadata; `split` is 0 = train, 1 = held-out."""
@@ -99,12 +103,25 @@ class FailureBank:
         (directory / "bank.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, directory: Path) -> "FailureBank":
+    def load(cls, directory: Path, task: Task | None = None) -> "FailureBank":
+        """The bank saved in `directory`; with `task`, refused unless it was collected for that task's failure modes,
+        in the same order: its integer mode labels index the task's reward rows, descriptors and result cells."""
         directory = Path(directory)
         meta = json.loads((directory / "bank.json").read_text())
         with np.load(directory / "bank.npz") as z:
             arrays = {k: z[k] for k in z.files}
-        return cls(meta["task"], tuple(meta["modes"]), tuple(meta["stages"]), arrays, meta)
+        bank = cls(meta["task"], tuple(meta["modes"]), tuple(meta["stages"]), arrays, meta)
+        if task is not None and (bank.task != task.name or bank.modes != tuple(task.failure_modes)):
+            raise BankMismatchError(f"failure bank {directory} was collected for task {bank.task!r} with modes "
+                                    f"{list(bank.modes)}, but task {task.name!r} has modes {list(task.failure_modes)}; "
+                                    "collect a new bank for it (experiments.collect, or the main job without --bank-dir)")
+        return bank
+
+    @property
+    def test_steps(self) -> int | None:
+        """Base-policy steps each state was tested for ("the base really fails"), when the bank records it."""
+        value = self.meta.get("config", {}).get("test_steps")
+        return None if value is None else int(value)
 
 
 def bank_state_data(task: Task, sys: mjx.Model, fields: dict[str, jnp.ndarray]) -> mjx.Data:

@@ -12,6 +12,8 @@ residual-magnitude term is 0 whatever its weight).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from recovla_jax.rewards.compiler import RewardMaskError, mask_to_weights
@@ -21,8 +23,10 @@ from recovla_jax.tasks.base import Task
 FROM_ORACLE = ("success", "residual_magnitude")
 
 
-def full_reward_mask(task: Task, residual_penalty: float | None = None) -> dict[str, float]:
-    """{task component: 1.0, success: oracle weight, residual_magnitude: oracle weight (or `residual_penalty`)}."""
+def full_reward_mask(task: Task, residual_penalty: float | None = None,
+                     overrides: Sequence[tuple[str, float]] = ()) -> dict[str, float]:
+    """{task component: 1.0, success: oracle weight, residual_magnitude: oracle weight (or `residual_penalty`)}, then
+    a run's `--reward-weight` `overrides` (weight 0 removes the component), as its masks got them."""
     if not task.reward_component_descriptions:
         raise RewardMaskError(f"task {task.name!r} defines no reward components")
     mask = {name: 1.0 for name in task.reward_component_descriptions}
@@ -36,11 +40,17 @@ def full_reward_mask(task: Task, residual_penalty: float | None = None) -> dict[
         raise RewardMaskError(f"task {task.name!r}: no oracle mask gives a 'success' weight to copy")
     if residual_penalty is not None:
         mask["residual_magnitude"] = float(residual_penalty)
+    for name, weight in overrides:
+        if float(weight) == 0.0:
+            mask.pop(name, None)
+        else:
+            mask[name] = float(weight)
     mask_to_weights(task, mask)  # validates names and weights
     return mask
 
 
-def full_reward_weights(task: Task, residual_penalty: float | None = None) -> np.ndarray:
+def full_reward_weights(task: Task, residual_penalty: float | None = None,
+                        overrides: Sequence[tuple[str, float]] = ()) -> np.ndarray:
     """The full mask as ResidualEnv's `weights_per_mode`: the same dense row for every failure mode."""
-    row = mask_to_weights(task, full_reward_mask(task, residual_penalty))
+    row = mask_to_weights(task, full_reward_mask(task, residual_penalty, overrides))
     return np.tile(row, (len(task.failure_modes), 1)).astype(np.float32)

@@ -48,3 +48,26 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def int_range(text: str) -> tuple[int, int]:
+    """'lo,hi' with whole numbers 0 <= lo <= hi."""
+    parts = text.split(",")
+    try:
+        lo, hi = (int(v) for v in parts)
+    except ValueError:
+        lo, hi = -1, -1
+    if len(parts) != 2 or not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 'lo,hi' with whole numbers 0 <= lo <= hi, e.g. 0,1; got {text!r}")
+    return lo, hi

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.arg_types import positive_float, positive_int
+from experiments.arg_types import int_range, non_negative_float, non_negative_int, positive_float, positive_int
 from recovla_jax.runtime.monitor import MonitorConfig  # pydantic only: the CLI's runtime defaults are the runtime's own
 
 MONITOR_DEFAULTS = MonitorConfig()
@@ -41,15 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["mujoco"], default="mujoco", help="robot backend (native MuJoCo proxy)")
     p.add_argument("--export-dir", default=None, help="exported models (default RUN/export)")
     p.add_argument("--out", default=None, help="where sim2sim.json/.md and episodes.jsonl go (default RUN/sim2sim)")
-    p.add_argument("--episodes-per-mode", type=int, default=None, help="held-out states per failure mode (default: all)")
+    p.add_argument("--episodes-per-mode", type=positive_int, default=None, help="held-out states per failure mode (default: all)")
     p.add_argument("--states", choices=["heldout", "train"], default="heldout",
                    help="which failure-bank split to start: heldout (the results) or train (to choose runtime settings; "
                         "default --out RUN/sim2sim-train)")
-    p.add_argument("--nominal-episodes", type=int, default=100, help="nominal-start episodes per arm (0: skip)")
-    p.add_argument("--max-steps", type=int, default=None, help="control steps per episode (default: training's episode length)")
+    p.add_argument("--nominal-episodes", type=non_negative_int, default=100, help="nominal-start episodes per arm (0: skip)")
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="control steps per episode (default: training's episode length)")
     p.add_argument("--seed", type=int, default=0, help="seed of dynamics draws, noise and nominal starts")
-    p.add_argument("--obs-noise", type=float, default=None, help="observation noise std (default 0.001)")
-    p.add_argument("--latency", default=None, help="action latency range in control steps, 'lo,hi' (default 0,1)")
+    p.add_argument("--obs-noise", type=non_negative_float, default=None, help="observation noise std (default 0.001)")
+    p.add_argument("--latency", type=int_range, default=None, help="action latency range in control steps, 'lo,hi' (default 0,1)")
     p.add_argument("--no-dynamics-randomization", action="store_true", help="nominal friction/mass/damping/gain")
     p.add_argument("--release-on", choices=["progress", "success"], default=MONITOR_DEFAULTS.release_on,
                    help="when the runtime hands control back to the base")
@@ -133,8 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.obs_noise is not None:
         dyn["obs_noise_std"] = args.obs_noise
     if args.latency is not None:
-        lo, hi = (int(v) for v in args.latency.split(","))
-        dyn["action_latency_steps"] = (lo, hi)
+        dyn["action_latency_steps"] = args.latency
     dynamics = NativeDynamics(**dyn)
     cfg = Sim2SimConfig(episodes_per_mode=args.episodes_per_mode, nominal_episodes=args.nominal_episodes, seed=args.seed,
                         max_steps=args.max_steps, dynamics=dynamics, states=args.states,

@@ -57,6 +57,25 @@ def test_export_cli_older_step_single_policy(fake_run, fake_export, tmp_path):
     assert not (tmp_path / "y").exists()  # failed before writing anything
 
 
+def test_a_re_export_keeps_the_stall_windows_chosen_for_the_earlier_export(fake_run, tmp_path):
+    """`experiments.tune_runtime` writes each policy's window into the manifest; exporting again (after more training,
+    or to set one window by hand) must not silently reset the others to the runtime's default."""
+    from experiments.export import main
+    from recovla_jax.runtime.manifest import save_manifest, with_stall_windows
+
+    out = tmp_path / "export"
+    first = main([f"--run={fake_run}", f"--out={out}"])
+    assert all(p.recovery_stall_steps is None for p in first.recovery_policies)
+    tuned = with_stall_windows(first, {"missed_handle": 100, "conditioned": 150}, {"states": "train", "arm": "runtime"})
+    save_manifest(tuned, out)
+    again = main([f"--run={fake_run}", f"--out={out}", "--recovery-stall-steps=conditioned=30"])
+    windows = {p.name: p.recovery_stall_steps for p in again.recovery_policies}
+    assert windows == {"missed_handle": 100, "conditioned": 30}  # kept, and the one set by hand
+    assert again.source["runtime_tuning"]["kept_for"] == ["missed_handle"]
+    assert again.source["runtime_tuning"]["states"] == "train"
+    assert {p.name: p.recovery_stall_steps for p in load_manifest(out).recovery_policies} == windows
+
+
 def test_export_stall_windows_are_checked_before_anything_is_written(fake_run, fake_export, tmp_path):
     """`--recovery-stall-steps`: N for every policy, POLICY=N for one (it wins over N); an unknown policy or a window
     below 1 is refused with what is valid, before any file is written."""
@@ -100,9 +119,15 @@ def test_corrupted_model_is_refused(fake_run, tmp_path):
     with pytest.raises(ParityError, match=r"refusing to write recovery_missed_handle\.onnx: output '\w+' differs from JAX"):
         export_run(fake_run, out, policies=["missed_handle"], log=lambda *_: None,
                    tamper=lambda n, m: _flip_first_weight(n, m, "missed_handle"))
-    assert (out / "base_policy.onnx").exists()  # verified before the corrupted one
-    assert not (out / "recovery_missed_handle.onnx").exists() and not (out / "manifest.json").exists()
-    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing written, no staging folder left behind
+    # over an earlier export, a failed one (here the base, verified first, passes) changes none of its files
+    good = export_run(fake_run, out, policies=["missed_handle"], log=lambda *_: None)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(ParityError):
+        export_run(fake_run, out, policies=["missed_handle"], step=5, log=lambda *_: None,
+                   tamper=lambda n, m: _flip_first_weight(n, m, "missed_handle"))
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before and list(tmp_path.iterdir()) == [out]
+    assert load_manifest(out).recovery_policies[0].sha256 == good.recovery_policies[0].sha256  # still loadable
 
 
 def test_parity_tolerance_grows_with_input_scale_only(tmp_path):
@@ -192,9 +217,17 @@ def test_manifest_rejects_wrong_sizes_and_changed_files(fake_export, tmp_path):
     bad["recovery_policies"][0]["modes"] = ["fell_over"]
     with pytest.raises(ValidationError, match="unknown failure mode 'fell_over'"):
         ExportManifest.model_validate(bad)
+    bad = json.loads(json.dumps(raw))
+    bad["progress"]["field"] = "lid_angle"  # a field the observation lacks: a validation error naming the valid ones
+    with pytest.raises(ValidationError, match=r"progress.field: no observation field 'lid_angle'; fields: \['tcp_pos'"):
+        ExportManifest.model_validate(bad)
     # A model file changed after export is caught by its sha256.
     for f in fake_export.iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "manifest.json").write_text(json.dumps(bad))  # ... and a bad manifest on disk is named by its path
+    with pytest.raises(ManifestError, match=r"(?s)manifest.json: .*progress.field"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
     (tmp_path / "base_policy.onnx").write_bytes((tmp_path / "base_policy.onnx").read_bytes() + b"\0")
     with pytest.raises(ManifestError, match="sha256 of base_policy.onnx"):
         load_manifest(tmp_path)

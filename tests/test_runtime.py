@@ -149,6 +149,11 @@ def test_safety_limits_hold_under_adversarial_residuals(fake_export, caplog):
     # A non-finite base action means hold: no motion, gripper command kept.
     rt3, _ = _runtime(m, {}, base=StubBase(np.full(7, np.nan)))
     np.testing.assert_array_equal(rt3.step(_obs()), [0, 0, 0, 0, 0, 0, -1.0])
+    # ... before any command, with the robot's grip unknown, that hold opens the gripper and says so
+    assert "hold_grip_unknown" in [n for e in rt3.events if e.kind == "safety" for n in e.detail["interventions"]]
+    rt3.reset(grip=1.0)  # the robot holds its object: the hold keeps the jaws closed, nothing to warn about
+    np.testing.assert_array_equal(rt3.step(_obs()), [0, 0, 0, 0, 0, 0, 1.0])
+    assert ["base_nonfinite_hold"] == [n for e in rt3.events if e.kind == "safety" for n in e.detail["interventions"]]
 
 
 def test_stale_observations_trigger_watchdog(fake_export, caplog):
@@ -168,6 +173,12 @@ def test_stale_observations_trigger_watchdog(fake_export, caplog):
     dog = [e for e in rt.events if e.kind == "watchdog"]
     assert [e.detail["reason"].split(":")[0] for e in dog] == ["stale observation", "recovered"]
     assert rt.counts["watchdog_holds"] == 4
+    # a robot stamping wall-clock time against the runtime's monotonic clock: every observation is "from the future",
+    # which must not pass as fresh (its age would be negative forever)
+    held = rt.step(_obs(t=now["t"] + 1.7e9))
+    np.testing.assert_array_equal(held, [0, 0, 0, 0, 0, 0, 1.0])
+    assert "observation from the future" in rt.events[-1].detail["reason"]
+    assert rt.step(_obs(t=now["t"] + 0.5 * m.control.ctrl_dt))[0] == 0.5  # clock jitter under the limit is fine
 
 
 # ---------------------------------------------------------------------------------------------- switching
@@ -568,6 +579,22 @@ def test_evaluate_recovery_stall_steps_option():
     for bad in ("0", "-5", "2.5", "x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--run=r", f"--recovery-stall-steps={bad}"])
+
+
+def test_evaluate_refuses_counts_and_ranges_that_would_silently_run_something_else(capsys):
+    """--episodes-per-mode=-1 used to drop the last state (idx[:-1]), --max-steps=0 meant the default length and
+    --latency=2 died unpacking; each is now refused naming what is valid."""
+    from experiments.evaluate import build_parser
+
+    parse = build_parser().parse_args
+    args = parse(["--run=r", "--latency=0,2", "--nominal-episodes=0", "--episodes-per-mode=5", "--max-steps=80"])
+    assert args.latency == (0, 2) and args.nominal_episodes == 0 and args.episodes_per_mode == 5
+    for bad, valid in (("--episodes-per-mode=-1", ">= 1"), ("--max-steps=0", ">= 1"), ("--nominal-episodes=-2", ">= 0"),
+                       ("--latency=2", "lo,hi"), ("--latency=2,1", "lo <= hi"), ("--latency=a,b", "lo,hi"),
+                       ("--obs-noise=-0.1", ">= 0")):
+        with pytest.raises(SystemExit):
+            parse(["--run=r", bad])
+        assert valid in capsys.readouterr().err, bad
 
 
 def test_evaluate_on_train_states(fake_run, fake_export, tmp_path):

@@ -130,7 +130,7 @@ def rules_selector(task: Task) -> FunctionSelector:
 def run_episode(robot: NativeRobot, runtime: RecoveryRuntime, start: dict | None, seed: int, max_steps: int,
                 physics_times: list[float] | None = None) -> EpisodeResult:
     obs = robot.reset(start, seed=seed)
-    runtime.reset()
+    runtime.reset(grip=robot.grip_command())
     for k in range(max_steps):
         action = runtime.step(obs)
         t0 = time.perf_counter()

@@ -8,7 +8,11 @@ after onnxruntime matches JAX on >= `n_random` random and >= `n_bank` failure-ba
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,7 +25,7 @@ from recovla_jax.export.onnx_io import DEFAULT_OPSET, DEFAULT_TOLERANCE, to_onnx
 from recovla_jax.export.run_reader import (RunDirError, dense_shapes, load_bundles, read_bank, read_base_params,
                                            read_residual_checkpoint)
 from recovla_jax.runtime.gripper import ACTION_NAMES
-from recovla_jax.runtime.manifest import ExportManifest, save_manifest, sha256_file
+from recovla_jax.runtime.manifest import MANIFEST_NAME, ExportManifest, save_manifest, sha256_file
 
 BASE_FILE = "base_policy.onnx"
 WORKSPACE_FIELD = "tcp_pos"
@@ -99,6 +103,20 @@ def policy_stall_windows(given: dict[str, int], policies: list[str]) -> dict[str
     return {p: given[p] if p in given else given["*"] for p in policies if p in given or "*" in given}
 
 
+def earlier_stall_windows(manifest_path: Path, policies: list[str]) -> tuple[dict[str, int], dict | None]:
+    """({policy: stall window}, its `runtime_tuning` record) from an earlier manifest at `manifest_path`, for the
+    policies exported again: a re-export keeps what `experiments.tune_runtime` (or a hand-set window) chose instead
+    of silently falling back to the runtime's default. ({}, None) when there is no readable earlier manifest."""
+    try:
+        old = json.loads(Path(manifest_path).read_text())
+    except (OSError, ValueError):
+        return {}, None
+    windows = {str(p["name"]): int(p["recovery_stall_steps"]) for p in old.get("recovery_policies") or []
+               if isinstance(p, dict) and p.get("name") in policies and p.get("recovery_stall_steps")}
+    tuning = (old.get("source") or {}).get("runtime_tuning")
+    return windows, tuning if isinstance(tuning, dict) else None
+
+
 def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] | None = None, step: int | None = None,
                n_random: int = 1000, n_bank: int = 1000, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
                seed: int = 0, log: Callable[[str], None] = print,
@@ -110,11 +128,40 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
     (its current asset) is copied to `scene.xml` for simulated robots; a run whose failure-bank states do not
     fit it (another qpos size: trained on an older scene) is refused.
     `recovery_stall_steps` maps a policy name (or "*": every policy) to its runtime stall window in the manifest;
-    a name that is not exported is refused before anything is written.
+    a name that is not exported is refused before anything is written. Windows of an earlier export in `out_dir`
+    are kept for the policies that `recovery_stall_steps` does not name.
+    Every file is written into a staging folder beside `out_dir` and moved in only once every check passed, the
+    manifest last: a failed export leaves an earlier one in `out_dir` whole (its sha256s still match its files).
     `tamper(name, onnx_model)` is a test hook called on each model before verification.
     """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "export"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-staging-", dir=out_dir.parent))
+    try:
+        manifest = _write_export(run_dir, stage, out_dir / MANIFEST_NAME, policies, step, n_random, n_bank, tolerance,
+                                 opset, seed, log, tamper, recovery_stall_steps)
+        out_dir.mkdir(exist_ok=True)
+        publish_staged(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log(f"wrote {out_dir / MANIFEST_NAME} ({len(manifest.recovery_policies)} recovery policies + base)")
+    return manifest
+
+
+def publish_staged(stage: Path, out_dir: Path) -> None:
+    """Move a finished export's files from `stage` into `out_dir`, the manifest last (each move is atomic)."""
+    files = sorted(f for f in stage.iterdir() if f.is_file())
+    for f in sorted(files, key=lambda f: f.name == MANIFEST_NAME):
+        os.replace(f, out_dir / f.name)
+
+
+def _write_export(run_dir: Path, out_dir: Path, earlier_manifest: Path, policies: list[str] | None, step: int | None,
+                  n_random: int, n_bank: int, tolerance: float, opset: int, seed: int, log: Callable[[str], None],
+                  tamper: Callable[[str, object], None] | None,
+                  recovery_stall_steps: dict[str, int] | None) -> ExportManifest:
+    """`export_run`'s checks and writes, into the staging folder `out_dir`; `earlier_manifest` is the export it
+    replaces (for the stall windows it keeps)."""
     bundles = load_bundles(run_dir)
     if policies:
         missing = [p for p in policies if p not in bundles]
@@ -122,6 +169,11 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
             raise RunDirError(f"no policy {missing} in {run_dir}/policies; available: {sorted(bundles)}")
         bundles = {p: bundles[p] for p in policies}
     windows = policy_stall_windows(recovery_stall_steps or {}, list(bundles))
+    kept, tuning = earlier_stall_windows(earlier_manifest, list(bundles))
+    kept = {name: w for name, w in kept.items() if name not in windows}
+    if kept:
+        log(f"stall windows kept from the earlier export {earlier_manifest}: {kept} (--recovery-stall-steps changes them)")
+        windows = {**kept, **windows}
     first = next(iter(bundles.values()))
     task = first["task"]
     obs_size, act = first["task_obs_size"], first["action"]
@@ -148,7 +200,6 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         if [s[0] for s in shapes] + [shapes[-1][1]] != want:
             raise RunDirError(f"policy {name}: checkpoint actor layers {shapes} do not match the bundle ({want})")
         ckpts[name] = ckpt
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ base policy
     base_params, base_meta = read_base_params(run_dir)
@@ -241,10 +292,13 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         raise RunDirError(f"the bundle's observation layout differs from task {task!r}'s current one: "
                           "re-train or export with the matching code")
     ctrl_dt = float(first["ctrl_dt"])
+    source = {"run_dir": str(run_dir.absolute()),
+              "base_policy_meta": {k: base_meta.get(k) for k in ("name", "cache_key", "nominal_success")}}
+    if kept and tuning is not None:
+        source["runtime_tuning"] = {**tuning, "kept_for": sorted(kept)}
     manifest = ExportManifest.model_validate({
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"run_dir": str(run_dir.absolute()),
-                   "base_policy_meta": {k: base_meta.get(k) for k in ("name", "cache_key", "nominal_success")}},
+        "source": source,
         "task": task,
         "instruction": task_obj.instruction,
         "task_config": cfg,
@@ -264,7 +318,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, policies: list[str] |
         "opset": opset,
         "versions": _versions(),
     })
-    log(f"wrote {save_manifest(manifest, out_dir)} ({len(entries)} recovery policies + base)")
+    save_manifest(manifest, out_dir)
     return manifest
 
 

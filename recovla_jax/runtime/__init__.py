@@ -6,7 +6,7 @@ computer next to the robot's own stack; `tests/test_runtime.py` proves it with J
     manifest = load_manifest(export_dir)                      # validated, sha256-checked
     base = OnnxBasePolicy(export_dir, manifest.base_policy)   # or OpenPIBasePolicy(OpenPIClient(host, port))
     runtime = RecoveryRuntime(manifest, base, PolicyLibrary(export_dir, manifest), DrawerRulesSelector())
-    obs = robot.reset()
+    obs = robot.reset(); runtime.reset(grip=ROBOT_GRIP)   # the robot's current gripper command, -1 open .. +1 closed
     while not done:
         robot.apply_action(runtime.step(obs)); obs = robot.get_observation()
 

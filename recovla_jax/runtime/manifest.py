@@ -59,6 +59,14 @@ class ObservationSpec(_Strict):
         raise KeyError(f"no observation field {name!r}; fields: {[f.name for f in self.fields]}")
 
 
+def _field_slice(observation: ObservationSpec, what: str, name: str) -> slice:
+    """`observation.index(name)` inside a validator: a ValueError (which pydantic reports), not a KeyError."""
+    try:
+        return observation.index(name)
+    except KeyError as e:
+        raise ValueError(f"{what}: {e.args[0]}") from None
+
+
 class ActionSpec(_Strict):
     size: int = Field(ge=1)
     names: list[str]
@@ -215,9 +223,9 @@ class ExportManifest(_Strict):
     def _consistent(self) -> "ExportManifest":
         obs, res, act = self.observation.size, self.residual_observation.size, self.action.size
         _check_io(self.base_policy, "base policy", obs, act)
-        self.observation.index(self.progress.field)
-        if (self.observation.index(self.safety.workspace_field).stop
-                - self.observation.index(self.safety.workspace_field).start != 3):
+        _field_slice(self.observation, "progress.field", self.progress.field)
+        workspace = _field_slice(self.observation, "safety.workspace_field", self.safety.workspace_field)
+        if workspace.stop - workspace.start != 3:
             raise ValueError(f"safety.workspace_field {self.safety.workspace_field!r} must be a 3-float observation field")
         first = self.residual_observation.fields[0]
         if first.start != 0 or res < obs + act:
@@ -299,7 +307,10 @@ def load_manifest(directory: Path, verify_files: bool = True) -> ExportManifest:
     path = directory / MANIFEST_NAME
     if not path.exists():
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {directory}: run `python -m experiments.export --run=RUN_DIR` first")
-    manifest = ExportManifest.model_validate(json.loads(path.read_text()))
+    try:
+        manifest = ExportManifest.model_validate(json.loads(path.read_text()))
+    except ValueError as e:  # pydantic's ValidationError and json's JSONDecodeError, named with the file
+        raise ManifestError(f"{path}: {e}") from e
     if verify_files:
         for entry in [manifest.base_policy, *manifest.recovery_policies, *([manifest.scene] if manifest.scene else [])]:
             f = directory / entry.file

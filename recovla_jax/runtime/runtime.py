@@ -80,19 +80,29 @@ class RecoveryRuntime:
         self.reset()
 
     # ------------------------------------------------------------------------------------------ state
-    def reset(self) -> None:
+    def reset(self, grip: float | None = None) -> None:
+        """Start an episode. `grip` is the robot's current gripper command (-1 open .. +1 closed): what a hold keeps
+        before the runtime has commanded one. Unknown (None), such a hold opens the gripper, and says so: a failure
+        state may start with the object in the jaws."""
         self.t = 0
         self.mode: str | None = None
         # the driving recovery policy's manifest entry (hand_back, hand_back_delay, recovery_stall_steps, name)
         self.entry: Any = None
         self.events: list[RuntimeEvent] = []
-        self.last_grip = -1.0
+        self.last_grip = -1.0 if grip is None else float(grip)
+        self.grip_known = grip is not None
         self.stale = False
         self.pending: tuple[str, int, int, str] | None = None  # (mode, confirmations, next check step, trigger)
         self.clear_steps = 0
         self.counts = {"recovery_steps": 0, "watchdog_holds": 0, "safety_interventions": 0}
         self.monitor.reset()
         self.base.reset()
+
+    def _warn_if_grip_unknown(self) -> None:
+        if not self.grip_known:
+            self._event("safety", logging.WARNING, "hold before any command with the gripper command unknown: opening "
+                        "(pass the robot's current grip to reset)", interventions=["hold_grip_unknown"], mode=self.mode)
+            self.grip_known = True  # once per episode
 
     def _event(self, kind: str, level: int, msg: str, **detail) -> None:
         self.events.append(RuntimeEvent(self.t, self.clock(), kind, detail))
@@ -169,6 +179,7 @@ class RecoveryRuntime:
             if not self.stale:
                 self._event("watchdog", logging.WARNING, f"hold position: {problem}", reason=problem)
             self.stale = True
+            self._warn_if_grip_unknown()
             return self.safety.hold(self.last_grip)
         if self.stale:
             self._event("watchdog", logging.WARNING, "fresh observation: control resumes", reason="recovered")
@@ -208,10 +219,13 @@ class RecoveryRuntime:
             residual = self.library[self.mode].residual(obs.state, base_action, self.mode)
             self.timings.residual.append(time.perf_counter() - tr)
         action, notes = self.safety.apply(obs.state, base_action, residual, self.last_grip)
+        if "base_nonfinite_hold" in notes:
+            self._warn_if_grip_unknown()
         if notes:
             self.counts["safety_interventions"] += 1
             self._event("safety", logging.WARNING, ", ".join(notes), interventions=notes, mode=self.mode)
         self.last_grip = float(action[6])
+        self.grip_known = True
         self.timings.step.append(time.perf_counter() - t0)
         return action
 

@@ -4,7 +4,15 @@ In order: a non-finite base action means hold; a non-finite residual is dropped 
 residual's L2 norm is capped at `max_residual_norm`; base + residual is clipped to the manifest's action
 bounds; the translation part is limited so the commanded step cannot leave the workspace box (and
 never pushes further out if already outside). Each intervention is reported by name, so the runtime
-logs it. The watchdog turns stale or non-finite observations into a hold command.
+logs it. The watchdog turns stale, non-finite or future-stamped observations into a hold command.
+
+What these limits do not cover, stated plainly:
+- The exported cap is the largest residual the policies' own formula can give (max alpha x sqrt(7), since each
+  component is alpha x tanh), so it only catches a model that breaks its formula; an operator's tighter limit is
+  `SafetyConfig.from_manifest(manifest, max_residual_norm=...)` (`experiments.evaluate --max-residual-norm`).
+- The box bounds the TCP by the commanded translation only. A rotation turns the gripper about its body, 7 cm from
+  the TCP, so it moves the TCP by up to about 1 cm per step (0.08 rad per axis), and with action latency the
+  limit is taken from a position one step old: keep the box that far inside what must not be reached.
 """
 
 from __future__ import annotations
@@ -87,10 +95,15 @@ class Watchdog:
         self.limit = ctrl_dt * stale_after_periods
 
     def check(self, state: np.ndarray, timestamp: float, now: float) -> str | None:
-        """Reason the observation must not be acted on, or None."""
+        """Reason the observation must not be acted on, or None. A timestamp more than the stale limit ahead of
+        `now` is refused too: the robot's clock and the runtime's differ (e.g. wall-clock stamps against
+        `time.monotonic`), and no age could then be trusted."""
         age = now - timestamp
         if not np.isfinite(age) or age > self.limit:
             return f"stale observation: age {age * 1e3:.1f} ms > {self.limit * 1e3:.1f} ms"
+        if age < -self.limit:
+            return (f"observation from the future: {-age * 1e3:.1f} ms ahead of the runtime's clock (limit "
+                    f"{self.limit * 1e3:.1f} ms); give RecoveryRuntime the robot's clock")
         if not np.all(np.isfinite(state)):
             return "non-finite observation"
         return None

@@ -162,6 +162,10 @@ class NativeRobot:
         self.data.ctrl[:] = action_to_ctrl(self.task.grip, self.data.qpos, due)
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
 
+    def grip_command(self) -> float:
+        """The gripper command (-1 open .. +1 closed) the actuators now hold: what the runtime's holds keep."""
+        return grip_command_from_ctrl(self.task.grip, self.data.ctrl)
+
     def close(self) -> None:
         self._queue.clear()
 

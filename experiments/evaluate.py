@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "manifest (default: each policy's window from the export, experiments.export "
                         f"--recovery-stall-steps, else the runtime's {MONITOR_DEFAULTS.recovery_stall_steps}); for "
                         "choosing a window with --states=train (pick_place: 100, docs/experiments.md sessions 24-25)")
+    p.add_argument("--recovery-progress-from", choices=["recovery", "episode"], default=MONITOR_DEFAULTS.recovery_progress_from,
+                   help="a recovery's progress counts from where it began (default) or must beat the episode's best "
+                        "progress (the rule before session 30)")
     p.add_argument("--max-residual-norm", type=positive_float, default=None,
                    help="override the manifest's residual norm cap (> 0; a tiny cap such as 1e-6 switches residuals off "
                         "while the runtime still switches: an ablation)")
@@ -78,7 +81,7 @@ def monitor_config(args: argparse.Namespace) -> MonitorConfig:
     override = args.recovery_stall_steps is not None
     return MonitorConfig(release_on=args.release_on, stall_without_failure=args.stall_without_failure,
                          recovery_stall_steps=args.recovery_stall_steps if override else MONITOR_DEFAULTS.recovery_stall_steps,
-                         policy_stall_steps=not override)
+                         policy_stall_steps=not override, recovery_progress_from=args.recovery_progress_from)
 
 
 def load_export_and_bank(run: Path, export_dir: Path, console) -> tuple:

@@ -330,6 +330,24 @@ def test_monitor_triggers():
     assert mon.succeeded and mon.diagnosis_trigger() is None
 
 
+@pytest.mark.parametrize("measured_from, stalls", [("recovery", False), ("episode", True)])
+def test_a_recovery_that_regains_lost_progress_is_not_a_stall(measured_from: str, stalls: bool):
+    """A stack holds 0.5 of its progress, topples to 0, and the recovery re-places the block (0 -> 0.45): progress
+    all along, though never above the episode's best. Only the former rule ("episode") calls that a stall."""
+    mon = FailureMonitor(MonitorConfig(recovery_progress_from=measured_from), success_threshold=1.0)
+    for _ in range(5):
+        mon.update(0.5)
+    mon.update(0.0)  # the failure
+    mon.begin_recovery(policy_stall_steps=20)
+    status = [None]
+    for k in range(1, 31):
+        mon.update(0.015 * k)
+        status.append(mon.recovery_status())
+    assert ("recovery stalled" in status) is stalls
+    if stalls:
+        assert status.index("recovery stalled") == 20  # a full window without beating 0.5
+
+
 # ---------------------------------------------------------------------------------------------- openpi
 def test_openpi_client_roundtrip_with_local_server(fake_export):
     from recovla_jax.runtime.onnx_policy import OnnxBasePolicy

@@ -8,7 +8,8 @@ per-state labels fire transiently during normal grasping and pulling). A diagnos
 by default 1, for the start trigger). During a
 recovery: success, or progress resumed (`resume_progress` beyond where recovery started), returns
 control to the base; a recovery that makes no progress for `recovery_stall_steps` is re-diagnosed (a recovery
-policy's own window from the export manifest, where it has one, unless `policy_stall_steps` is off). A policy
+policy's own window from the export manifest, where it has one, unless `policy_stall_steps` is off), progress being
+measured from where the recovery began (`recovery_progress_from`). A policy
 trained with hand-back is also checked every `hand_back_check_every` steps and released once the selector
 sees no failure (the runtime does this; see `RecoveryRuntime.step`).
 Progress is one scalar from the observation (the manifest's `progress` field, e.g. drawer opening).
@@ -56,6 +57,12 @@ class MonitorConfig(BaseModel):
     # states (sessions 19-22): stack +16 pp with "keep", drawer and peg_insert equal to the episode, pick_place one
     # episode in 300 behind; so "keep" is the default.
     stall_without_failure: Literal["base", "keep"] = "keep"
+    # What a recovery's progress is measured against. "recovery": the progress where it began, so re-placing a
+    # toppled block counts as progress even below what the stack held before it fell. "episode" (the rule of every
+    # native runtime number before session 30): the episode's best progress, under which a recovery from a failure
+    # that lost progress (a toppled stack, a dropped cube) "stalls" until it beats the pre-failure best and is
+    # re-diagnosed on the way. From a failure-bank start both agree unless progress falls while the base drives.
+    recovery_progress_from: Literal["recovery", "episode"] = "recovery"
     # A policy trained with hand-back (`train --hand-back`) acted only while the failure label named a failure:
     # the runtime asks the selector every N recovery steps and hands back as soon as it sees none.
     hand_back_check_every: int = Field(1, ge=1, description="selector checks during a hand-back policy's recovery, every N steps")
@@ -121,6 +128,8 @@ class FailureMonitor:
         self.recovery_start_t = self.t
         self.recovery_start_progress = self.progress
         self.last_improved = self.t
+        if self.cfg.recovery_progress_from == "recovery":
+            self.best = self.progress
 
     def end_recovery(self) -> None:
         self.recovery_start_t = None

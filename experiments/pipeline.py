@@ -39,8 +39,12 @@ def log(msg: str) -> None:
         console.print(msg)
 
 
-# Options a resumed run must keep: they set the layout of the checkpointed PPO state or how PPO updates it.
-RESUME_FIXED = {"num_envs": None, "policy": "per-mode", "desired_kl": None, "freeze_normalizer": False}
+# Options a resumed run must keep: they set the layout of the checkpointed PPO state, how PPO updates it, or what the
+# policy's output means (alpha scales the residual; the episode length is the horizon its critic learned). The value
+# is the default assumed for an older config.json without the key (RECORDED_ONLY: compared only where recorded).
+RECORDED_ONLY = object()
+RESUME_FIXED = {"num_envs": None, "policy": "per-mode", "desired_kl": None, "freeze_normalizer": False, "alpha": 1.0,
+                "episode_length": RECORDED_ONLY}
 
 
 def check_resume_matches(run_dir: Path, config: dict) -> None:
@@ -50,10 +54,13 @@ def check_resume_matches(run_dir: Path, config: dict) -> None:
         return
     old = json.loads(path.read_text())
     changed = [f"{k}: run {old.get(k, default)!r}, now {config.get(k, default)!r}" for k, default in RESUME_FIXED.items()
-               if old.get(k, default) != config.get(k, default)]
+               if old.get(k, default) != config.get(k, default) and not (default is RECORDED_ONLY and k not in old)]
     if changed:
+        recipe = config.get("task_recipe") or {}
+        hint = (f"; this command's task recipe set {sorted(recipe)} (--no-task-recipe drops it)"
+                if any(k.split(":")[0] in recipe for k in changed) else "")
         raise SystemExit(f"--resume: {run_dir} was trained with other options ({'; '.join(changed)}); resume with the "
-                         "run's values (see its config.json) or start a new --run-dir")
+                         f"run's values (see its config.json) or start a new --run-dir{hint}")
 
 
 def resolve_defaults(args: argparse.Namespace) -> dict:

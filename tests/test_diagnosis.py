@@ -582,6 +582,13 @@ def test_resume_refuses_options_that_would_not_continue_the_checkpointed_trainin
         check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "desired_kl": 0.01, "freeze_normalizer": True})
     with pytest.raises(SystemExit, match="num_envs: run 128, now 4096"):
         check_resume_matches(tmp_path, {"num_envs": 4096, "policy": "per-mode"})
+    # a run trained at alpha 1 (the config's default when it predates the key) resumed under a task recipe's alpha 2
+    # would continue with twice the residual scale: refused, naming the recipe that set it
+    with pytest.raises(SystemExit, match=r"alpha: run 1.0, now 2.0.*task recipe set \['alpha'\] \(--no-task-recipe"):
+        check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "alpha": 2.0, "task_recipe": {"alpha": 2.0}})
+    (tmp_path / "config.json").write_text(json.dumps({"num_envs": 128, "policy": "per-mode", "episode_length": 80}))
+    with pytest.raises(SystemExit, match="episode_length: run 80, now 160"):
+        check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "episode_length": 160})
 
 
 def test_main_job_refuses_unknown_modes_and_components_before_any_work(tmp_path):

@@ -149,8 +149,10 @@ def _pooled(cells: list[dict]) -> dict:
 
 
 def nominal_bank(task, modes: list[str], per_mode: int, seed: int):
-    """`per_mode` nominal task resets (seeded), repeated once per mode of `modes` (mode m's block carries
-    mode m's label, so a residual env gives it mode m's descriptor)."""
+    """`per_mode` nominal task resets (seeded) for each mode of `modes`, a block of its own (mode m's block carries
+    mode m's label, so a residual env gives it mode m's descriptor). The blocks draw distinct starts: the base alone
+    is pooled over them, and the same starts repeated once per mode would give its Wilson interval a sample size
+    (starts x modes) its distinct starts do not have (sessions before 30 repeated them)."""
     import jax
     import numpy as np
     from mujoco import mjx
@@ -158,12 +160,11 @@ def nominal_bank(task, modes: list[str], per_mode: int, seed: int):
     from recovla_jax.failures.bank import STATE_FIELDS, FailureBank
 
     sys_ = mjx.put_model(task.mj_model)
-    keys = jax.random.split(jax.random.PRNGKey(seed), per_mode)
-    data, obs = jax.jit(jax.vmap(lambda k: (lambda d: (d, task.observe(sys_, d)))(task.reset(sys_, k))))(keys)
-    fields = {k: np.asarray(getattr(data, k)) for k in STATE_FIELDS}
     n_rep = len(modes)
-    arrays = {k: np.concatenate([v] * n_rep) for k, v in fields.items()}
-    arrays["obs"] = np.concatenate([np.asarray(obs)] * n_rep)
+    keys = jax.random.split(jax.random.PRNGKey(seed), per_mode * n_rep)
+    data, obs = jax.jit(jax.vmap(lambda k: (lambda d: (d, task.observe(sys_, d)))(task.reset(sys_, k))))(keys)
+    arrays = {k: np.asarray(getattr(data, k)) for k in STATE_FIELDS}
+    arrays["obs"] = np.asarray(obs)
     arrays["mode"] = np.repeat(np.array([task.failure_modes.index(m) for m in modes], np.int32), per_mode)
     for k in ("stage", "split", "t_inject"):
         arrays[k] = np.zeros(per_mode * n_rep, np.int32)
@@ -174,7 +175,7 @@ def nominal_bank(task, modes: list[str], per_mode: int, seed: int):
 def evaluate_nominal(task, cond: dict, modes: list[str], per_mode: int, seed: int, policy_env_fn: Callable,
                      apply: Callable, params_for_mode: dict[str, Any], base_env_fn: Callable | None, log=print) -> dict:
     """Nominal success of each mode's policy (with that mode's descriptor) and of the base alone, on the same
-    `per_mode` nominal starts per mode with the same per-start dynamics, jitter, noise and latency.
+    `per_mode` nominal starts per mode (each mode its own) with the same per-start dynamics, jitter, noise and latency.
 
     `policy_env_fn(bank)` builds the policy's env; `base_env_fn(bank)` a ResidualEnv for the base alone
     (None: the policy env is a ResidualEnv and its zero-residual arm is the base alone)."""

@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from recovla_jax.evaluation.stats import MJX_RECOVERY_TARGET, NATIVE_RECOVERY_TARGET
+from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, NATIVE_RECOVERY_TARGET
 
 DASH = "—"
 # Task family of each task (the table averages per family). Tasks not listed fall in "other" unless
@@ -217,6 +217,7 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
         t = table.task(task)
         if method.startswith("recovla-"):
             t["recovla_method"] = method  # the last ReCoVLA run given for a task is its entry in the targets
+            t["recovla_run"] = str(run)  # ... and the only one whose sim2sim fills the main table's column
         t["banks"][str(run)] = (results.get("bank") or {}).get("counts")
         seed = config.get("seed")
         table.sources.append({"task": task, "column": label, "run": str(run), "budget": _budget(config)})
@@ -260,6 +261,7 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
             s2s = None
         if s2s is not None and method.startswith("recovla-"):  # the last ReCoVLA run given, like the targets' column
             src = str(run / "sim2sim")
+            table.notes += sim2sim_protocol_notes(src, s2s.get("config") or {}, _read(run / "export" / "manifest.json"))
             table.put_cells(task, "sim2sim", seed, {m: (e.get("native") or {}).get(sim2sim_arm)
                                                     for m, e in s2s.get("modes", {}).items()}, src)
             for m, e in s2s.get("modes", {}).items():
@@ -274,9 +276,48 @@ def collect(runs: list[Path], sim2sim_arm: str = "runtime_rules") -> Table:
         elif s2s is not None:
             table.notes.append(f"{run}/sim2sim: not shown (the sim2sim column is the ReCoVLA run's)")
     for task, t in table.tasks.items():
+        _keep_sim2sim_of_shown_run(table, task, t)
         _fill_base(table, task, t)
     merge_warm_start_variants(table)
     return table
+
+
+def sim2sim_protocol_notes(src: str, config: dict, manifest: dict | None) -> list[str]:
+    """A note when a sim2sim ran under settings other than today's defaults (an ablation such as
+    `--max-residual-norm=1e-6`, a fixed stall window, other noise, latency or dynamics), which its column would
+    otherwise show as the ReCoVLA result. Settings an older sim2sim.json does not record are not compared."""
+    from recovla_jax.runtime.monitor import MonitorConfig
+    from recovla_jax.runtime.robots.native import NativeDynamics
+
+    def differing(given: dict, default: dict) -> list[str]:
+        return [f"{k}={json.dumps(given[k])} (default {json.dumps(v)})" for k, v in default.items()
+                if k in given and json.loads(json.dumps(given[k])) != json.loads(json.dumps(v))]
+
+    diffs = differing(config.get("monitor") or {}, MonitorConfig().model_dump())
+    diffs += differing(config.get("dynamics") or {}, NativeDynamics().model_dump())
+    cap, exported = (config.get("safety") or {}).get("max_residual_norm"), ((manifest or {}).get("safety") or {}).get(
+        "max_residual_norm")
+    if cap is not None and exported is not None and abs(float(cap) - float(exported)) > 1e-9:
+        diffs.append(f"max_residual_norm={cap:g} (exported {exported:g})")
+    return [f"{src}: ran with settings other than today's defaults: {'; '.join(diffs)}"] if diffs else []
+
+
+def _keep_sim2sim_of_shown_run(table: Table, task: str, t: dict) -> None:
+    """Drop from the main table every sim2sim cell that is not the shown ReCoVLA run's own (the targets' column):
+    an earlier seed's export must not stand beside the shown run's MJX cells when that run has no sim2sim.
+    Other seeds' cells stay under "Across seeds"."""
+    own = f"{t.get('recovla_run')}/sim2sim"
+    cells = {k: v for k, v in t["cells"].items() if k[1] == "sim2sim" and v[1] != own}
+    nominal = t["nominal"].get("sim2sim")
+    stale = {src for _, src in cells.values()} | ({nominal[1]} if nominal and nominal[1] != own else set())
+    if not stale:
+        return
+    for key in cells:
+        del t["cells"][key]
+    if nominal and nominal[1] != own:
+        del t["nominal"]["sim2sim"]
+    table.notes.append(f"{task}/{table.labels['sim2sim']}: {t.get('recovla_run')}, the ReCoVLA run shown, has no sim2sim "
+                       f"for these cells; {', '.join(sorted(stale))} not shown in the main table (another run)")
 
 
 def merge_warm_start_variants(table: Table) -> None:
@@ -349,7 +390,10 @@ def mask_notes(task: str, method: str, label: str, run: Path) -> list[str]:
 def _fill_base(table: Table, task: str, t: dict) -> None:
     rank = lambda method: next((i for i, p in enumerate(_BASE_PRIORITY) if method.startswith(p)), len(_BASE_PRIORITY))  # noqa: E731
     chosen: dict[str, tuple] = {}
-    for method, m, cell, src in sorted(t["base_candidates"], key=lambda c: rank(c[0])):
+    # ReCoVLA's run first, and of several ReCoVLA runs (seeds) the last given: the one whose cells the column and the
+    # targets show, so the base alone in a row comes from the same evaluation draws as the ReCoVLA cell beside it
+    order = sorted(enumerate(t["base_candidates"]), key=lambda ic: (rank(ic[1][0]), -ic[0]))
+    for method, m, cell, src in (c for _, c in order):
         if m not in chosen:
             chosen[m] = (cell, src)
             table.put(task, m, "base", cell, src)
@@ -440,9 +484,14 @@ def _spread(rates: list[float]) -> float | None:
 
 
 def _mean_rate(cells: list[dict | None]) -> dict | None:
-    """Mean of the per-cell rates of the cells that exist, with how many of them there were."""
-    rates = [c["rate"] for c in cells if c]
-    return {"rate": sum(rates) / len(rates), "modes": len(rates), "of": len(cells)} if rates else None
+    """Mean of the per-cell rates of the cells that exist, with how many of them there were and the fewest trials
+    of any of them (None where a cell carries no count, as seed means do)."""
+    present = [c for c in cells if c]
+    if not present:
+        return None
+    trials = [c.get("trials") for c in present]
+    return {"rate": sum(c["rate"] for c in present) / len(present), "modes": len(present), "of": len(cells),
+            "min_trials": None if None in trials else min(trials)}
 
 
 def targets(table: Table, rows: list[dict], mjx_target: float = MJX_RECOVERY_TARGET,
@@ -476,8 +525,13 @@ def _seed_mean(chosen: dict[str, str], mode_rows: list[dict], seeds: list[dict])
 
 
 def _met(mean: dict | None, cells: int, target: float) -> bool:
-    """A target is met by a mean over every cell, not over the cells that happen to have a result."""
-    return bool(mean and mean["modes"] == cells and mean["rate"] >= target)
+    """A target is met by a mean over every cell, not over the cells that happen to have a result, each cell with at
+    least MIN_TRIALS_PER_CELL trials (the rule of each run's own verdict, `pipeline.target_verdict`)."""
+    return bool(mean and mean["modes"] == cells and mean["rate"] >= target and _enough_trials(mean))
+
+
+def _enough_trials(mean: dict) -> bool:
+    return mean.get("min_trials") is not None and mean["min_trials"] >= MIN_TRIALS_PER_CELL
 
 
 def _target_lines(tg: dict | None) -> list[str]:
@@ -491,7 +545,9 @@ def _target_lines(tg: dict | None) -> list[str]:
         if met:
             return f"target {target:.0%}: met"
         missing = "" if not a or a["modes"] == tg["cells"] else ", cells missing"
-        return f"target {target:.0%}: not met{missing}"
+        few = "" if not a or _enough_trials(a) else (f", a cell has {a.get('min_trials')} trials where "
+                                                      f"{MIN_TRIALS_PER_CELL} are needed")
+        return f"target {target:.0%}: not met{missing}{few}"
 
     columns = ", ".join(f"{task}: {label}" for task, label in sorted(tg["columns"].items()))
     return ["", "## Targets (every task x mode cell above)", "",
@@ -518,7 +574,7 @@ def _avg_cell(a: dict | None) -> str:
 
 
 def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Path, tg: dict | None = None,
-                   seeds: list[dict] = ()) -> str:
+                   seeds: list[dict] = (), plot: bool = True) -> str:
     head = ["task", "family", "failure mode"] + [table.labels.get(m, m) for m in methods]
     lines = [
         "# ReCoVLA results table",
@@ -526,7 +582,9 @@ def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Pat
         "Success rate on held-out failure states (never trained on) with Wilson 95% CI and n = trials; every method "
         "of a task is trained on the same train failure states with the same env-step budget and evaluated from the same "
         "held-out states under the same seeded dynamics, noise and latency. Average rows: mean of the per-mode rates of "
-        "the family. Nominal rows: success from nominal task resets after training (does training break what worked?). "
+        "the family. Nominal rows: success from nominal task resets after training (does training break what worked?): "
+        "in MJX each policy drives whole episodes (the mode policies pooled, each on its own block of starts), while "
+        "the sim2sim cell is the native runtime, which runs a recovery policy only after it detects a failure. "
         f"{DASH} = not run.",
         "",
         "| " + " | ".join(head) + " |",
@@ -548,7 +606,7 @@ def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Pat
         lines.append(f"| {s['task']} | {s['column']} | `{s['run']}` | {s['budget']} |")
     if table.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in table.notes]
-    lines += ["", "![results](report.png)", ""]
+    lines += ["", "![results](report.png)", ""] if plot else [""]
     text = "\n".join(lines)
     path.write_text(text)
     return text
@@ -647,10 +705,12 @@ def build_report(runs: list[Path], out: Path, sim2sim_arm: str = "runtime_rules"
     methods, rows = build_rows(table, families or dict(TASK_FAMILIES))
     seeds = seed_rows(table)
     tg = targets(table, rows, seeds=seeds)
-    md = write_markdown(table, methods, rows, out / "report.md", tg, seeds)
+    md = write_markdown(table, methods, rows, out / "report.md", tg, seeds, plot=plot)
     write_csv(table, methods, rows, out / "report.csv", seeds)
     if plot:
         write_plot(table, methods, rows, out / "report.png")
+    else:
+        (out / "report.png").unlink(missing_ok=True)  # an earlier report's plot would show other runs
     return {"markdown": out / "report.md", "csv": out / "report.csv", "png": out / "report.png" if plot else None,
             "methods": methods, "labels": table.labels, "rows": rows, "notes": table.notes, "text": md,
             "targets": tg, "seeds": seeds}

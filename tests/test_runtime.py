@@ -54,7 +54,8 @@ def test_runtime_and_native_evaluation_run_without_jax(fake_run, fake_export, tm
     assert set(res["modes"]) == {"missed_handle", "slipped_off", "misaligned_gripper"}
     for e in res["modes"].values():
         assert e["n"] == 1 and set(e["native"]) == {"base", "policy", "runtime_oracle", "runtime_rules"}
-        assert e["mjx"]["recovla"]["trials"] == 4 and e["gap"]["policy_minus_mjx_recovla"] is not None
+        # MJX's cell is over all 4 held-out states, the native one over the first: no gap between different states
+        assert e["mjx"]["recovla"]["trials"] == 4 and e["gap"]["policy_minus_mjx_recovla"] is None
     assert res["nominal"]["n"] == 1 and res["latency_ms"]["base_policy"]["n"] > 0
     assert "| missed_handle" in (out / "sim2sim.md").read_text()
     assert "a stalled recovery whose re-diagnosis sees no failure keeps its policy" in (out / "sim2sim.md").read_text()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from datetime import datetime
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> Path:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from recovla_jax.diagnosis.bank_diagnosis import diagnose_bank
+    from recovla_jax.diagnosis.gemini import VLMConfigurationError
     from recovla_jax.diagnosis.metrics import plot_confusion, report_markdown, score
     from recovla_jax.diagnosis.selectors import make_selector, resolve_auto
     from recovla_jax.failures.bank import BankConfig, BankMismatchError, FailureBank, collect_failure_bank
@@ -126,7 +128,9 @@ def main(argv: list[str] | None = None) -> Path:
                                  use_cache=not args.no_cache, model=args.model, timeout_s=args.timeout,
                                  max_attempts=args.max_attempts, base_url=args.base_url,
                                  state_in_prompt=args.state_in_prompt)
-        label = selector.name.replace(":", "_")
+        # `gemini` (its cache on) and `cached` both answer as "cached:gemini": each keeps its own outputs
+        key = selector.name if selector.name not in summary["selectors"] else f"{selector.name} (--selector={name})"
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("_")
         records = out / f"records_{label}.jsonl"
         ok = [0]
         t0 = time.time()
@@ -142,16 +146,23 @@ def main(argv: list[str] | None = None) -> Path:
                     progress.update(bar, advance=1, rate=done / max(time.time() - t0, 1e-9),
                                     acc=f"{100 * ok[0] / done:.1f}%")
 
-                results = diagnose_bank(task, bank, selector, pool, cameras=cameras, width=args.width,
-                                        height=args.height, frames_dir=(out / "frames") if selector.needs_images else None,
-                                        on_result=on_result)
+                try:
+                    results = diagnose_bank(task, bank, selector, pool, cameras=cameras, width=args.width,
+                                            height=args.height, frames_dir=(out / "frames") if selector.needs_images else None,
+                                            on_result=on_result)
+                except VLMConfigurationError as err:
+                    raise SystemExit(str(err)) from None
         report = score(task, results, true_modes, true_stages, splits)
         report["wall_s"] = time.time() - t0
-        summary["selectors"][selector.name] = report
-        plot_confusion(report, out / f"confusion_{label}.png", f"{task.name}: {selector.name} (n={report['n']})")
-        md.append(report_markdown(selector.name, report))
+        summary["selectors"][key] = report
+        plot_confusion(report, out / f"confusion_{label}.png", f"{task.name}: {key} (n={report['n']})")
+        md.append(report_markdown(key, report))
         md.append(f"![confusion]({f'confusion_{label}.png'})\n")
-        console.print(f"{selector.name}: mode accuracy {100 * report['mode_accuracy']['rate']:.1f}%, stage accuracy "
+        own = report["selector_only_mode_accuracy"]
+        if report["fallbacks"] and own:
+            console.print(f"{key}: its own answers' mode accuracy {100 * own['rate']:.1f}% (n={own['trials']}); "
+                          "with the fallback's answers:")
+        console.print(f"{key}: mode accuracy {100 * report['mode_accuracy']['rate']:.1f}%, stage accuracy "
                       f"{100 * report['stage_accuracy']['rate']:.1f}% (n={report['n']}, fallbacks {report['fallbacks']}, "
                       f"cache hits {report['cache_hits']})")
     (out / "diagnosis.json").write_text(json.dumps(summary, indent=2))

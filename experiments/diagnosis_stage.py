@@ -15,6 +15,7 @@ from pathlib import Path
 
 from recovla_jax.diagnosis.bank_diagnosis import descriptors_for_bank
 from recovla_jax.diagnosis.descriptor import RecoveryDescriptor, oracle_descriptor
+from recovla_jax.diagnosis.gemini import VLMConfigurationError
 from recovla_jax.diagnosis.selectors import make_selector, resolve_auto
 from recovla_jax.failures.bank import FailureBank
 from recovla_jax.rewards.library import component_names
@@ -92,8 +93,11 @@ def diagnose_modes(task: Task, bank: FailureBank, args: argparse.Namespace,
     else:
         _log(f"diagnosis: selector {name}")
     selector = make_selector(name, task, fallback=args.fallback_selector)
-    per_mode = descriptors_for_bank(task, bank, selector, k=args.diagnose_states, split="train", seed=args.seed,
-                                    log=_log, frames_dir=run_dir / "diagnosis_frames")
+    try:
+        per_mode = descriptors_for_bank(task, bank, selector, k=args.diagnose_states, split="train", seed=args.seed,
+                                        log=_log, frames_dir=run_dir / "diagnosis_frames")
+    except VLMConfigurationError as err:  # a wrong key or model: stop, rather than a "gemini" run answered by rules
+        raise SystemExit(str(err)) from None
     descriptors: dict[str, RecoveryDescriptor] = {}
     for m in task.failure_modes:
         if m in per_mode:

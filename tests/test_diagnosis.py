@@ -260,8 +260,10 @@ class FakeGemini:
         body = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP"}]}
         self.queue.append((status, json.dumps(body), delay))
 
-    def error(self, status: int, message: str = "rate limited") -> None:
+    def error(self, status: int, message: str = "rate limited", retry_delay: str | None = None) -> None:
         body = {"error": {"code": status, "message": message, "status": "RESOURCE_EXHAUSTED" if status == 429 else "INTERNAL"}}
+        if retry_delay is not None:  # what a quota 429 carries: how long to wait
+            body["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
         self.queue.append((status, json.dumps(body), 0.0))
 
     def close(self) -> None:
@@ -329,9 +331,12 @@ def test_gemini_good_answer_and_request_shape(drawer_task, labelled_bank, frames
     ({"failure_mode": "missed_handle", "recovery_stage": "reach", "reward_mask": [{"component": "pul_drawer", "weight": 1}]},
      "unknown reward component"),
     ({"failure_mode": "missed_handle", "recovery_stage": "reach", "reward_mask": [{"component": "success", "weight": -2}]},
-     "finite and >= 0"),
+     "must be in [0, 100]"),
     ('{"failure_mode": "missed_handle", "recovery_stage": "reach", "reward_mask": [{"component": "success", "weight": NaN}]}',
-     "finite and >= 0"),
+     "must be in [0, 100]"),
+    # finite as a Python float, inf as the float32 the reward function takes: it would turn PPO's rewards into NaN
+    ({"failure_mode": "missed_handle", "recovery_stage": "reach", "reward_mask": [{"component": "success", "weight": 1e39}]},
+     "must be in [0, 100]"),
     ({"failure_mode": "missed_handle", "recovery_stage": "reach", "reward_mask": []}, "empty reward mask"),
     ({"failure_mode": "missed_handle"}, "does not match the schema"),
 ])
@@ -361,6 +366,17 @@ def test_gemini_retries_429_then_succeeds(drawer_task, labelled_bank, frames, ge
     assert "HTTP 429" in result.record.errors[0]
 
 
+def test_a_429_waits_as_long_as_the_server_asks(drawer_task, labelled_bank, frames, gemini_server):
+    """A per-minute quota answers 429 with a RetryInfo delay; retrying on the 10 ms backoff of this test would spend
+    every attempt inside the quota window."""
+    task, f = drawer_task, frames["misaligned_gripper"]
+    gemini_server.error(429, retry_delay="0.4s")
+    gemini_server.answer(_good_answer(task, "misaligned_gripper", "reorient"))
+    t0 = time.perf_counter()
+    result = _gemini(task, gemini_server).diagnose(task, _observation(task, labelled_bank, f["index"], f["png"]))
+    assert time.perf_counter() - t0 >= 0.4 and result.record.attempts == 2 and not result.record.fallback_used
+
+
 def test_gemini_server_errors_exhaust_retries_then_fall_back(drawer_task, labelled_bank, frames, gemini_server):
     task, f = drawer_task, frames["missed_handle"]
     for _ in range(3):
@@ -372,6 +388,21 @@ def test_gemini_server_errors_exhaust_retries_then_fall_back(drawer_task, labell
     gemini_server.error(400, "bad request")  # not retried
     result = _gemini(task, gemini_server).diagnose(task, _observation(task, labelled_bank, f["index"], f["png"]))
     assert len(gemini_server.requests) == 1 and result.record.fallback_used and "HTTP 400" in result.record.errors[-1]
+
+
+@pytest.mark.parametrize("status, message", [(404, "models/gemini-9 is not found"), (403, "permission denied"),
+                                             (400, "API key not valid. reason: API_KEY_INVALID")])
+def test_a_misconfigured_vlm_stops_instead_of_answering_every_state_from_the_fallback(
+        drawer_task, labelled_bank, frames, gemini_server, status, message):
+    """A wrong model name or key fails every request alike: falling back state by state would make a run labelled
+    "gemini" a rules run. It raises at once, names what to check, and does not retry."""
+    from recovla_jax.diagnosis.gemini import VLMConfigurationError
+
+    task, f = drawer_task, frames["missed_handle"]
+    gemini_server.error(status, message)
+    with pytest.raises(VLMConfigurationError, match=rf"HTTP {status}.*Check the API key .* and the model name") as err:
+        _gemini(task, gemini_server).diagnose(task, _observation(task, labelled_bank, f["index"], f["png"]))
+    assert len(gemini_server.requests) == 1 and SECRET not in str(err.value)
 
 
 def test_gemini_timeout_falls_back(drawer_task, labelled_bank, frames, gemini_server):
@@ -416,8 +447,11 @@ def test_cache_hit_makes_no_request_and_offline_replay(drawer_task, labelled_ban
 
     # offline replay needs no key; a miss (other frames) goes to the fallback without a request
     monkeypatch.delenv("GEMINI_API_KEY")
-    replay = make_selector("cached", task, cache_path=tmp_path / "cache.jsonl")
+    replay = make_selector("cached", task, cache_path=tmp_path / "cache.jsonl", base_url=gemini_server.url)
     assert replay.diagnose(task, obs).record.cache_hit
+    # ... for the endpoint that answered: a local server's answers never replay as the real Gemini's
+    default_endpoint = make_selector("cached", task, cache_path=tmp_path / "cache.jsonl").diagnose(task, obs)
+    assert not default_endpoint.record.cache_hit and default_endpoint.record.fallback_used
     g = frames["slipped_off"]
     miss = replay.diagnose(task, _observation(task, labelled_bank, g["index"], g["png"]))
     assert miss.record.fallback_used and "cache miss" in miss.record.errors[0] and len(gemini_server.requests) == 1
@@ -474,6 +508,14 @@ def test_descriptor_for_mode_votes(drawer_task, labelled_bank):
     d, mode_votes, stage_votes = majority_descriptor(task, votes)
     assert d.failure_mode == "slipped_off" and d.recovery_stage == "reach" and mode_votes["slipped_off"] == 3
     assert d.reward_mask == {"pull_drawer": 3.0, "success": 10.0} and d.source == "gemini+rules"
+    # a 2-2 tie goes to the mode the selector itself named more often, not to the task's first mode
+    fallback = DiagnosisRecord(selector="gemini", fallback_used=True, fallback="rules")
+    tie = [DiagnosisResult(descriptor=RecoveryDescriptor(task=task.name, failure_mode="missed_handle",
+                                                         recovery_stage="reopen", reward_mask={"success": 1.0},
+                                                         source="rules"), record=fallback)] * 2
+    tie += [res("slipped_off", "reach", {"success": 1.0}), res("slipped_off", "reach", {"success": 1.0})]
+    assert task.failure_modes.index("missed_handle") < task.failure_modes.index("slipped_off")
+    assert majority_descriptor(task, tie)[0].failure_mode == "slipped_off"
 
 
 def test_diagnose_bank_score_and_cli(drawer_task, labelled_bank, tmp_path):
@@ -718,3 +760,43 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
     assert all("learning_rate" in m for m in ft_metrics)  # the run's adaptive learning rate, too
     # the baseline got the run's supervision: the same warm start, on the whole action
     assert record["label"].endswith(", expert warm start") and set(record["expert_warm_start"]["policies"]) == {"missed_handle"}
+
+
+def test_an_answer_appended_after_a_torn_cache_line_survives(tmp_path):
+    """A write interrupted mid-line leaves no newline; the next answer must start its own line, or both are lost."""
+    from recovla_jax.diagnosis.cache import ResponseCache
+
+    path = tmp_path / "cache.jsonl"
+    cache = ResponseCache(path)
+    cache.put("a", {"raw_text": "{}"})
+    with path.open("a") as f:
+        f.write('{"key": "torn", "raw_te')  # the interrupted write
+    cache.put("b", {"raw_text": "{}"})
+    cache.put("c", {"raw_text": "{}"})
+    again = ResponseCache(path)
+    assert again.get("a") and again.get("b") and again.get("c") and again.get("torn") is None
+    assert path.read_text().count("\n") == 4  # a, the torn fragment, b, c: one per line
+
+
+def test_accuracy_with_oracle_fallbacks_leads_with_the_selector_s_own_answers(drawer_task):
+    """An oracle fallback answers with the simulator's label, so counting it as the selector's makes a failing VLM
+    look accurate: the report's headline is the selector's own accuracy, and the mixed one says what it mixes."""
+    from recovla_jax.diagnosis.metrics import report_markdown
+
+    task = drawer_task
+
+    def result(mode: str, fallback: bool) -> DiagnosisResult:
+        d = RecoveryDescriptor(task=task.name, failure_mode=mode, recovery_stage="reach", reward_mask={"success": 1.0},
+                               source="oracle" if fallback else "gemini")
+        return DiagnosisResult(descriptor=d, record=DiagnosisRecord(selector="gemini", fallback_used=fallback,
+                                                                    fallback="oracle" if fallback else None))
+
+    truth = ["missed_handle"] * 4
+    results = [result("slipped_off", False), result("missed_handle", True), result("missed_handle", True),
+               result("missed_handle", True)]
+    report = score(task, results, truth, ["reach"] * 4)
+    assert report["mode_accuracy"]["rate"] == 0.75 and report["selector_only_mode_accuracy"]["rate"] == 0.0
+    assert report["oracle_fallbacks"] == 3
+    lines = report_markdown("gemini", report).splitlines()
+    assert lines[2].startswith("- **the selector's own answers**: mode 0.0%")
+    assert "3 of them the oracle's privileged labels, correct by construction" in lines[3]

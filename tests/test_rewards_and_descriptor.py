@@ -13,10 +13,10 @@ from recovla_jax.rewards.library import component_names, raw_terms
 def test_mask_validation_errors_name_valid_components(drawer_task):
     with pytest.raises(RewardMaskError, match="unknown reward component.*'pul_drawer'.*valid components: reach_handle"):
         mask_to_weights(drawer_task, {"pul_drawer": 1.0})
-    with pytest.raises(RewardMaskError, match="finite and >= 0"):
-        mask_to_weights(drawer_task, {"pull_drawer": -1.0})
-    with pytest.raises(RewardMaskError, match="finite and >= 0"):
-        mask_to_weights(drawer_task, {"pull_drawer": float("nan")})
+    for bad in (-1.0, float("nan"), 1e39, 100.5):  # 1e39 is finite in Python and inf in the float32 weight vector
+        with pytest.raises(RewardMaskError, match=r"must be in \[0, 100\]"):
+            mask_to_weights(drawer_task, {"pull_drawer": bad})
+    assert mask_to_weights(drawer_task, {"pull_drawer": 100.0}).max() == 100.0
     with pytest.raises(RewardMaskError, match="empty"):
         mask_to_weights(drawer_task, {})
     with pytest.raises(RewardMaskError, match="selects no component"):

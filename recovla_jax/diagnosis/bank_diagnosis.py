@@ -87,6 +87,7 @@ class ModeDiagnosis(BaseModel):
     mode_votes: dict[str, int]
     stage_votes: dict[str, int]
     agreement: float  # share of the K answers naming the winning failure mode
+    mode_tie: bool = False  # another failure mode had as many votes (see majority_descriptor for the tie-break)
     matches_label: bool  # winning failure mode == the bank's label of these states
     fallbacks: int
     cache_hits: int
@@ -96,12 +97,15 @@ class ModeDiagnosis(BaseModel):
 
 def majority_descriptor(task: Task, results: Sequence[DiagnosisResult]) -> tuple[RecoveryDescriptor, Counter, Counter]:
     """Majority failure mode, then majority stage among its answers, and the per-component median mask of those
-    answers (ties go to the task's order). Returns (descriptor, mode votes, stage votes)."""
+    answers. A tie between modes goes to the one with more of the selector's own answers (not its fallback's), then
+    to the task's order; stage ties go to the task's order. Returns (descriptor, mode votes, stage votes)."""
     if not results:
         raise ValueError("no diagnoses to vote over")
     mode_votes = Counter(r.descriptor.failure_mode for r in results)
+    own_votes = Counter(r.descriptor.failure_mode for r in results if not r.record.fallback_used)
     top = max(mode_votes.values())
-    winner = next(m for m in task.failure_modes if mode_votes.get(m) == top)
+    tied = [m for m in task.failure_modes if mode_votes.get(m) == top]
+    winner = max(tied, key=lambda m: (own_votes.get(m, 0), -tied.index(m)))
     agreeing = [r.descriptor for r in results if r.descriptor.failure_mode == winner]
     stage_votes = Counter(d.recovery_stage for d in agreeing)
     top_stage = max(stage_votes.values())
@@ -137,6 +141,7 @@ def descriptor_for_mode(task: Task, bank: FailureBank, mode: str, selector: Sele
     return ModeDiagnosis(
         mode=mode, descriptor=descriptor, k=len(results), mode_votes=dict(mode_votes), stage_votes=dict(stage_votes),
         agreement=mode_votes[descriptor.failure_mode] / len(results), matches_label=descriptor.failure_mode == mode,
+        mode_tie=sum(v == mode_votes[descriptor.failure_mode] for v in mode_votes.values()) > 1,
         fallbacks=sum(r.record.fallback_used for r in results), cache_hits=sum(r.record.cache_hit for r in results),
         state_ids=[r.record.state_id or "" for r in results], results=results,
     )
@@ -159,5 +164,6 @@ def descriptors_for_bank(task: Task, bank: FailureBank, selector: Selector, k: i
             d = md.descriptor
             log(f"diagnosis {mode}: {selector.name} -> {d.failure_mode}/{d.recovery_stage} "
                 f"(agreement {md.mode_votes.get(d.failure_mode, 0)}/{md.k}, fallbacks {md.fallbacks}, "
-                f"cache hits {md.cache_hits}){'' if md.matches_label else ' (differs from the bank label)'}")
+                f"cache hits {md.cache_hits}{', a tie' if md.mode_tie else ''})"
+                f"{'' if md.matches_label else ' (differs from the bank label)'}")
     return out

@@ -45,8 +45,12 @@ class ResponseCache:
     def put(self, key: str, entry: dict) -> None:
         entry = {"key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **entry}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        with self.path.open("a+b") as f:
+            torn = False  # an interrupted write left a last line without its newline: start a fresh line
+            if f.seek(0, 2) > 0:
+                f.seek(-1, 2)
+                torn = f.read(1) != b"\n"
+            f.write((("\n" if torn else "") + json.dumps(entry) + "\n").encode())
         self._entries[key] = entry
 
 
@@ -90,7 +94,11 @@ class CachedSelector:
             record = DiagnosisRecord(selector=self.name, state_id=observation.state_id, model=self.config.model,
                                      cache_key=key, errors=["cache miss (offline replay: no VLM request made)"])
             return answer_with_fallback(task, observation, self.fallback, record, clock)
+        stale = record.errors if entry is not None else []  # a cached answer that no longer validates: say so
         result = self.inner.diagnose(task, observation)
+        if stale:
+            result = result.model_copy(update={"record": result.record.model_copy(
+                update={"errors": [*stale, *result.record.errors]})})
         if not result.record.fallback_used and result.record.raw_text is not None:
             self.cache.put(key, {"model": self.config.model, "state_id": observation.state_id,
                                  "raw_text": result.record.raw_text, "descriptor": result.descriptor.model_dump()})

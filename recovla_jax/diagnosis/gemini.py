@@ -13,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import random
+import re
 from dataclasses import dataclass
 
-from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from recovla_jax.diagnosis.prompt import AnswerError, answer_schema, build_prompt, parse_answer
 from recovla_jax.diagnosis.types import (DiagnosisRecord, DiagnosisResult, FailureObservation, Selector, Stopwatch,
@@ -32,6 +35,20 @@ RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 class MissingAPIKeyError(RuntimeError):
     """Neither GEMINI_API_KEY nor GOOGLE_API_KEY is set."""
+
+
+class VLMConfigurationError(RuntimeError):
+    """The VLM refused a request in a way no other state would change: a bad or unauthorised key, an unknown model.
+    Raised instead of answering from the fallback, which would quietly turn a whole "gemini" run into a rules run."""
+
+
+# HTTP statuses that mean the selector is misconfigured rather than that one request or answer went wrong
+# (401 unauthenticated, 403 permission denied, 404 no such model); a 400 only when it names the API key.
+CONFIG_STATUS = frozenset({401, 403, 404})
+
+
+def is_configuration_error(status: int | None, message: str) -> bool:
+    return status in CONFIG_STATUS or (status == 400 and "API_KEY_INVALID" in message)
 
 
 def api_key_from_env() -> str | None:
@@ -52,6 +69,7 @@ class GeminiConfig:
     max_attempts: int = 4
     backoff_initial_s: float = 2.0
     backoff_max_s: float = 30.0
+    max_retry_delay_s: float = 90.0  # the most a server's RetryInfo may make one wait
     base_url: str | None = None
     temperature: float = 0.0
     state_in_prompt: bool = False
@@ -62,6 +80,18 @@ def _status(err: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+def server_retry_delay_s(err: BaseException | None) -> float | None:
+    """The wait a 429's google.rpc.RetryInfo asks for (e.g. "37s" for a per-minute quota), or None."""
+    details = getattr(err, "details", None)
+    error = details.get("error") if isinstance(details, dict) else None
+    for item in (error.get("details") if isinstance(error, dict) else None) or []:
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("RetryInfo"):
+            match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)s\s*", str(item.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
 def request_prompt(config: GeminiConfig, task: Task, observation: FailureObservation) -> str:
     """The prompt text of a request (the images go beside it as inline parts)."""
     obs = observation.obs if config.state_in_prompt else None
@@ -69,8 +99,10 @@ def request_prompt(config: GeminiConfig, task: Task, observation: FailureObserva
 
 
 def request_key(config: GeminiConfig, task: Task, observation: FailureObservation) -> str:
-    """sha256 over (model, temperature, prompt text, image hashes): the cache key of this exact request."""
+    """sha256 over (endpoint unless the default, model, temperature, prompt text, image hashes): the cache key of this
+    exact request."""
     payload = {
+        **({"endpoint": config.base_url} if config.base_url else {}),  # a local or proxy server's answers are its own
         "model": config.model,
         "temperature": config.temperature,
         "prompt": request_prompt(config, task, observation),
@@ -98,7 +130,7 @@ class GeminiSelector:
                 "or use --selector=rules / --selector=cached (replays recorded answers) offline")
         self._types = types
         http = types.HttpOptions(
-            timeout=int(self.config.timeout_s * 1000),
+            timeout=max(1, math.ceil(self.config.timeout_s * 1000)),  # ms; 0 would mean no timeout at all
             base_url=self.config.base_url,
             retry_options=types.HttpRetryOptions(attempts=1),  # retries are ours (see module docstring)
         )
@@ -141,10 +173,18 @@ class GeminiSelector:
                 return True
             return False
 
+        backoff = wait_exponential(multiplier=self.config.backoff_initial_s, max=self.config.backoff_max_s)
+
+        def wait(state: RetryCallState) -> float:
+            """Exponential backoff with 10% jitter, or longer where the server says how long (capped)."""
+            asked = server_retry_delay_s(state.outcome.exception() if state.outcome else None)
+            delay = backoff(state) if asked is None else max(backoff(state), min(asked, self.config.max_retry_delay_s))
+            return delay * (1.0 + 0.1 * random.random())
+
         retrying = Retrying(
             retry=retry_if_exception(retryable),
             stop=stop_after_attempt(self.config.max_attempts),
-            wait=wait_exponential(multiplier=self.config.backoff_initial_s, max=self.config.backoff_max_s),
+            wait=wait,
             reraise=True,
         )
         for attempt in retrying:
@@ -177,6 +217,11 @@ class GeminiSelector:
             record.errors.append(self._clean(f"retries exhausted: {err}"))
         except Exception as err:  # noqa: BLE001 - transport errors of any kind end in the fallback
             status = _status(err)
+            if is_configuration_error(status, str(err)):
+                raise VLMConfigurationError(self._clean(
+                    f"gemini refused the request with HTTP {status}: {err}. Check the API key (GEMINI_API_KEY / "
+                    f"GOOGLE_API_KEY) and the model name ({self.config.model!r}); no fallback answers a misconfigured "
+                    "VLM")) from None
             kind = f"HTTP {status}" if status is not None else type(err).__name__
             record.errors.append(self._clean(f"request failed after {record.attempts} attempt(s): {kind}: {err}"))
         if record.raw_text is not None:

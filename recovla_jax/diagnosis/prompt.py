@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from recovla_jax.diagnosis.descriptor import DescriptorError, RecoveryDescriptor
+from recovla_jax.rewards.compiler import MAX_REWARD_WEIGHT
 from recovla_jax.rewards.library import component_descriptions, component_names
 from recovla_jax.tasks.base import Task
 
@@ -45,7 +46,8 @@ def answer_schema(task: Task) -> type[BaseModel]:
     item = create_model(
         "RewardMaskItem",
         component=(Literal[tuple(component_names(task))], Field(description="a reward component name")),
-        weight=(float, Field(ge=0.0, description="non-negative weight; leave out components you do not want")),
+        weight=(float, Field(ge=0.0, le=MAX_REWARD_WEIGHT,
+                             description="non-negative weight; leave out components you do not want")),
     )
     return create_model(
         "RecoveryAnswer",
@@ -110,8 +112,8 @@ def parse_answer(task: Task, text: str | None, source: str) -> RecoveryDescripto
     for item in answer.reward_mask:
         if item.component in mask:
             raise AnswerError(f"reward component {item.component!r} listed twice")
-        if not math.isfinite(item.weight) or item.weight < 0:
-            raise AnswerError(f"weight of {item.component!r} must be finite and >= 0, got {item.weight}")
+        if not math.isfinite(item.weight) or not 0 <= item.weight <= MAX_REWARD_WEIGHT:
+            raise AnswerError(f"weight of {item.component!r} must be in [0, {MAX_REWARD_WEIGHT:g}], got {item.weight}")
         mask[item.component] = float(item.weight)
     descriptor = RecoveryDescriptor(task=task.name, failure_mode=answer.failure_mode,
                                     recovery_stage=answer.recovery_stage, reward_mask=mask,

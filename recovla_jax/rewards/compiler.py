@@ -22,6 +22,11 @@ class RewardMaskError(ValueError):
     """A reward mask that cannot be compiled; the message names the valid components."""
 
 
+# The largest weight a mask may give one component. Every shipped mask stays at or under 15 (stack's success bonus);
+# a VLM's 1e30 would drown every other term, and 1e39 overflows float32 to inf and turns PPO's rewards into NaN.
+MAX_REWARD_WEIGHT = 100.0
+
+
 def mask_to_weights(task: Task, mask: Mapping[str, float]) -> np.ndarray:
     """Validate a mask against the task's components and return the dense weight vector."""
     names = component_names(task)
@@ -37,8 +42,9 @@ def mask_to_weights(task: Task, mask: Mapping[str, float]) -> np.ndarray:
             w = float(w)
         except (TypeError, ValueError):
             raise RewardMaskError(f"weight of {name!r} must be a number, got {w!r}") from None
-        if not math.isfinite(w) or w < 0:
-            raise RewardMaskError(f"weight of {name!r} must be finite and >= 0, got {w}; valid components: {valid}")
+        if not math.isfinite(w) or not 0 <= w <= MAX_REWARD_WEIGHT:
+            raise RewardMaskError(f"weight of {name!r} must be in [0, {MAX_REWARD_WEIGHT:g}], got {w}; "
+                                  f"valid components: {valid}")
         weights[names.index(name)] = w
     if not weights.any():
         raise RewardMaskError(f"reward mask for task {task.name!r} selects no component (all weights 0)")

@@ -278,9 +278,11 @@ def run_baseline(args: argparse.Namespace) -> dict:
     weights = full_reward_weights(task, config.get("residual_penalty"), overrides)
     finetune = args.method == "finetune"
 
+    from experiments.pipeline import potential_discount
+
     def make_env(b, start_noise=0.005, start_weights=None):
         kw = dict(start_noise=start_noise, obs_noise=float(config["obs_noise"]), latency_prob=float(config["latency_prob"]),
-                  start_weights=start_weights)
+                  start_weights=start_weights, potential_discount=potential_discount(config))
         if finetune:
             return FinetuneEnv(task, base, b, weights, **kw)
         # A residual baseline hands back to the base exactly when the run's residuals do (`train --hand-back`).

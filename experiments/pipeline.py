@@ -44,7 +44,7 @@ def log(msg: str) -> None:
 # is the default assumed for an older config.json without the key (RECORDED_ONLY: compared only where recorded).
 RECORDED_ONLY = object()
 RESUME_FIXED = {"num_envs": None, "policy": "per-mode", "desired_kl": None, "freeze_normalizer": False, "alpha": 1.0,
-                "episode_length": RECORDED_ONLY}
+                "episode_length": RECORDED_ONLY, "shaping_discount": "none"}
 
 
 def check_resume_matches(run_dir: Path, config: dict) -> None:
@@ -75,6 +75,12 @@ def resolve_defaults(args: argparse.Namespace) -> dict:
         "min_heldout": args.min_heldout if args.min_heldout is not None else 200,
         "max_candidates": args.max_candidates or (131072 if accel else 24576),
     }
+
+
+def potential_discount(config: dict) -> float:
+    """The factor on Phi(s') in the potential reward terms: PPO's gamma with `--shaping-discount=gamma`, else 1 (a
+    run's config.json from before the option has none, which is 1)."""
+    return float(config.get("gamma", 0.99)) if config.get("shaping_discount", "none") == "gamma" else 1.0
 
 
 def load_bank(directory: Path, task, episode_length: int) -> FailureBank:
@@ -201,7 +207,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         starts, start_weights = expert_paths.mixed_starts(train_bank, paths, path_fraction)
         env = ResidualEnv(task, base, starts, weights, alpha=args.alpha,
                           obs_noise=args.obs_noise, latency_prob=args.latency_prob, hand_back=hand_back,
-                          hand_back_delay=delay, start_weights=start_weights)
+                          hand_back_delay=delay, start_weights=start_weights,
+                          potential_discount=potential_discount(vars(args)))
         batched = training_env(env, ppo_cfg.num_envs, args.episode_length, args.seed, randomization,
                                bool(getattr(args, "desync_episodes", False)))
         ckpt_dir = run_dir / "checkpoints" / name

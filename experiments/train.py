@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the observation normaliser PPO starts with instead of updating it every iteration "
                         "(default: on with --expert-warm-start, whose normaliser is fitted on its DAgger data)")
     p.add_argument("--gamma", type=float, default=0.99, help="discount; 0.99 suits 100-step recovery episodes")
+    p.add_argument("--shaping-discount", choices=["none", "gamma"], default="none",
+                   help="potential reward terms pay Phi(s') - Phi(s) (none: every measured run) or gamma * Phi(s') - "
+                        "Phi(s), shaping that leaves the discounted task's optimal policy unchanged (not yet measured; "
+                        "docs/experiments.md, session 30)")
     p.add_argument("--entropy-coef", type=float, default=1e-3)
     # -0.5 = PPOConfig's default, written out so --help stays free of JAX imports (a test pins the two together)
     p.add_argument("--init-log-std", type=float, default=-0.5,

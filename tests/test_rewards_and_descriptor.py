@@ -65,6 +65,22 @@ def test_potential_terms_telescope_and_success_dominates(drawer_env, drawer_task
     assert set(drawer_task.potential_components) <= set(names)
 
 
+def test_discounted_shaping_pays_gamma_phi_next_minus_phi(drawer_env, drawer_task):
+    """--shaping-discount=gamma: potential terms pay gamma * Phi(s') - Phi(s) (shaping that keeps the discounted
+    task's optimal policy); the other terms are unchanged."""
+    plain, discounted = compile_reward(drawer_task), compile_reward(drawer_task, potential_discount=0.9)
+    state = jax.jit(drawer_env.reset)(jax.random.PRNGKey(5))
+    action = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, 7), jnp.float32)
+    nxt = jax.jit(drawer_env.step)(state, action)
+    args = (drawer_env.sys, state.pipeline_state, nxt.pipeline_state, action, {})
+    a, b = plain(*args)[1], discounted(*args)[1]
+    phi_next = raw_terms(drawer_task, drawer_env.sys, nxt.pipeline_state, nxt.pipeline_state, action, {})
+    for k in component_names(drawer_task):
+        want = float(a[k]) - 0.1 * float(phi_next[k]) if k in drawer_task.potential_components else float(a[k])
+        assert float(b[k]) == pytest.approx(want, abs=1e-6), k
+    assert any(abs(float(phi_next[k])) > 1e-3 for k in drawer_task.potential_components)  # not vacuous
+
+
 def test_changing_mask_does_not_recompile_and_per_env_masks_work(drawer_env, drawer_task):
     fn = compile_reward(drawer_task)
     n = len(component_names(drawer_task))
@@ -97,3 +113,13 @@ def test_descriptor_json_round_trip_and_validation(drawer_task):
     bad = d.model_copy(update={"reward_mask": {"teleport": 1.0}})
     with pytest.raises(DescriptorError, match="valid components"):
         bad.validate_for(drawer_task)
+
+
+def test_a_run_s_shaping_discount_reaches_its_envs_and_baselines():
+    """The factor comes from the run's config (main job and baselines alike); runs before the option used 1."""
+    from experiments.pipeline import potential_discount
+    from experiments.train import build_parser
+
+    assert potential_discount(vars(build_parser().parse_args([]))) == 1.0
+    assert potential_discount(vars(build_parser().parse_args(["--shaping-discount=gamma", "--gamma=0.97"]))) == 0.97
+    assert potential_discount({"gamma": 0.99}) == 1.0  # an older config.json

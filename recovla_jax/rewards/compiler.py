@@ -55,12 +55,13 @@ def weights_to_mask(task: Task, weights: np.ndarray) -> dict[str, float]:
     return {n: float(w) for n, w in zip(component_names(task), np.asarray(weights)) if w != 0}
 
 
-def compile_reward(task: Task):
-    """reward_fn(model, prev, data, action, info) -> (sum_i w_i * term_i, raw terms) with w from info."""
+def compile_reward(task: Task, potential_discount: float = 1.0):
+    """reward_fn(model, prev, data, action, info) -> (sum_i w_i * term_i, raw terms) with w from info; potential terms
+    pay `potential_discount` * Phi(s') - Phi(s) (`rewards.library.reward_terms`)."""
     n = len(component_names(task))
 
     def reward_fn(model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray, info: dict):
-        terms = reward_terms(task, model, prev, data, action, info)
+        terms = reward_terms(task, model, prev, data, action, info, potential_discount)
         weights = info.get("reward_weights", jnp.ones(n))
         reward = jnp.dot(weights, jnp.stack(list(terms.values())))
         return reward, terms

@@ -40,15 +40,19 @@ def raw_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, acti
 
 
 def reward_terms(task: Task, model: mjx.Model, prev: mjx.Data, data: mjx.Data, action: jnp.ndarray,
-                 info: dict) -> dict[str, jnp.ndarray]:
+                 info: dict, potential_discount: float = 1.0) -> dict[str, jnp.ndarray]:
     """Each component's contribution to this step's reward, in `component_names` order.
 
-    Potential components (`task.potential_components`) contribute Phi(data) - Phi(prev); the rest their
-    raw per-step value. The success term is paid once: success ends the episode.
+    Potential components (`task.potential_components`) contribute discount * Phi(data) - Phi(prev); the rest their
+    raw per-step value. The success term is paid once: success ends the episode. With `potential_discount` 1 (every
+    run before session 30) the shaping sums to Phi's change over an episode but, under PPO's discount gamma, leaves
+    (1 - gamma) Phi(data) per step: a bonus for lingering in high-Phi states. With gamma it is Ng et al.'s
+    potential-based shaping, which leaves the optimal policy of the discounted task unchanged.
     """
     now = raw_terms(task, model, prev, data, action, info)
     potentials = tuple(task.potential_components)
     if not potentials:
         return now
     before = task.reward_terms(model, prev, prev, action)
-    return {name: now[name] - jnp.asarray(before[name], jnp.float32) if name in potentials else now[name] for name in now}
+    return {name: potential_discount * now[name] - jnp.asarray(before[name], jnp.float32) if name in potentials else now[name]
+            for name in now}

@@ -39,9 +39,10 @@ class FinetuneEnv(ResidualEnv):
 
     def __init__(self, task: Task, base: BasePolicy | None, bank: FailureBank, weights_per_mode: np.ndarray,
                  start_noise: float = 0.005, obs_noise: float = 0.001, latency_prob: float = 0.5,
-                 start_weights: np.ndarray | None = None):
+                 start_weights: np.ndarray | None = None, potential_discount: float = 1.0):
         super().__init__(task, base, bank, weights_per_mode, alpha=1.0, start_noise=start_noise,
-                         obs_noise=obs_noise, latency_prob=latency_prob, start_weights=start_weights)
+                         obs_noise=obs_noise, latency_prob=latency_prob, start_weights=start_weights,
+                         potential_discount=potential_discount)
 
     @property
     def observation_size(self) -> int:

@@ -63,8 +63,9 @@ class ResidualEnv(TaskEnv):
         hand_back: bool = False,
         hand_back_delay: int = 0,
         start_weights: np.ndarray | None = None,
+        potential_discount: float = 1.0,
     ):
-        super().__init__(task, reward_fn=compile_reward(task), terminate_on_success=True)
+        super().__init__(task, reward_fn=compile_reward(task, potential_discount), terminate_on_success=True)
         if len(bank) == 0:
             raise ValueError("the failure bank selection is empty: nothing to start episodes from")
         n_modes = len(task.failure_modes)

@@ -41,14 +41,19 @@ def _format(value: int | float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _as_options(values: dict[str, int | float]) -> list[str]:
+    """{argparse destination: value} as command-line options."""
+    return [f"--{dest.replace('_', '-')}={_format(value)}" for dest, value in values.items()]
+
+
 def recipe_args(task: str) -> list[str]:
     """The recipe as command-line options, e.g. ['--alpha=2', '--expert-warm-start=3']."""
-    return [f"--{dest.replace('_', '-')}={_format(value)}" for dest, value in task_recipe(task).items()]
+    return _as_options(task_recipe(task))
 
 
 def describe_recipe(task: str, supplied: dict[str, int | float]) -> str:
     """The log line saying which defaults came from the task's recipe."""
-    given = " ".join(f"--{k.replace('_', '-')}={_format(v)}" for k, v in supplied.items())
+    given = " ".join(_as_options(supplied))
     return f"task recipe for {task} (its best measured settings): {given}; options given win, {NO_RECIPE_FLAG} drops them"
 
 

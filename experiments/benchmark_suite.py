@@ -16,6 +16,8 @@ For each task, in order (each a separate `python -m` process; the commands are p
   8. with --extra-seeds K ...: per seed K, steps 1, 4, 7 again with --seed=K on 1's failure bank -> OUT/<task>/recovla-seedK
 then experiments.report over every main-job run -> OUT/report (report.md, report.csv, report.png; with extra seeds,
 its "Across seeds" section shows every seed's cells, while the main table shows --seed's runs).
+`--skip-existing` skips a step whose output exists, unless what it was made from was rewritten after it (a
+retrained run reruns its baselines, nominal checks and export; a new export its stall windows and sim-to-sim).
 Every method of a task trains on the same failure bank (2 and 3 reuse 1's, 4-6 read it from the run) with
 the same env steps per policy (the baselines take the run's budget from its config.json).
 
@@ -71,10 +73,19 @@ REDUCED_WARM_START = "--expert-warm-start=1"  # a smoke run: one DAgger round in
 class Step:
     name: str
     argv: list[str]  # after the python executable
-    done_marker: Path | None  # with --skip-existing, the step is skipped when this file exists
+    done_marker: Path | None  # with --skip-existing, the step is skipped when this file exists ...
+    inputs: tuple[Path, ...] = ()  # ... and is not older than any of these (what earlier steps write for it)
 
     def shell(self, python: str) -> str:
         return shlex.join([python, *self.argv])
+
+    def stale_inputs(self) -> list[Path]:
+        """The inputs written after this step's output: a rerun of an earlier step (a retrained run, a re-export)
+        makes the output describe something that no longer exists, so --skip-existing must not keep it."""
+        if self.done_marker is None or not self.done_marker.exists():
+            return []
+        done = self.done_marker.stat().st_mtime
+        return [p for p in self.inputs if p.exists() and p.stat().st_mtime > done]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-task-args", action="store_true",
                    help=f"drop the per-task training recipes {TASK_TRAIN_ARGS}")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    p.add_argument("--skip-existing", action="store_true", help="skip steps whose output already exists (resume a suite)")
+    p.add_argument("--skip-existing", action="store_true", help="skip steps whose output exists and is newer than what it reads (resume a suite)")
     p.add_argument("--keep-going", action="store_true", help="run the remaining steps (and the report) after a failure")
     return p
 
@@ -173,6 +184,7 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
         root = out / task
         main, oracle, wrong = root / "recovla", root / "oracle-mask", root / "wrong-mask"
         bank = main / "bank"
+        bank_meta, main_results = bank / "bank.json", main / "results.json"
         task_args = train_args.get(task, [])
         if budget == "reduced":
             task_args = reduced_task_args(task_args)
@@ -184,40 +196,43 @@ def build_steps(tasks: list[str], out: Path, budget: str, selector: str = "auto"
 
         def export_and_sim2sim(run: Path, run_seed: int, label: str) -> list[Step]:
             export = ["-m", "experiments.export", f"--run={run}"]
+            manifest, tuning = run / "export" / "manifest.json", run / "runtime_tuning" / "tuning.json"
             return [Step(f"{task}: ONNX export of {label}",
                          export + ([] if export_tolerance is None else [f"--tolerance={export_tolerance:g}"]),
-                         run / "export" / "manifest.json"),
+                         manifest, (run / "results.json",)),
                     Step(f"{task}: runtime stall windows of {label}, chosen on train states",
                          ["-m", "experiments.tune_runtime", f"--run={run}", f"--seed={run_seed}", *b["tune"]],
-                         run / "runtime_tuning" / "tuning.json"),
+                         tuning, (manifest,)),  # tuning rewrites the manifest, then writes tuning.json
                     Step(f"{task}: zero-shot sim-to-sim of {label}", ["-m", "experiments.evaluate", f"--run={run}",
                                                                       "--backend=mujoco", f"--seed={run_seed}", *b["sim2sim"]],
-                         run / "sim2sim" / "sim2sim.json")]
+                         run / "sim2sim" / "sim2sim.json", (manifest, tuning))]
 
         steps += [
             Step(f"{task}: ReCoVLA (selector {selector})", [*train, f"--run-dir={main}", f"--selector={selector}"],
                  main / "results.json"),
             Step(f"{task}: residual on the oracle mask",
-                 [*train, f"--run-dir={oracle}", "--selector=oracle", f"--bank-dir={bank}"], oracle / "results.json"),
+                 [*train, f"--run-dir={oracle}", "--selector=oracle", f"--bank-dir={bank}"], oracle / "results.json",
+                 (bank_meta,)),
             Step(f"{task}: residual on a wrong mask", [*train, f"--run-dir={wrong}", f"--selector={selector}", "--mask=wrong",
-                                                       f"--bank-dir={bank}"], wrong / "results.json"),
+                                                       f"--bank-dir={bank}"], wrong / "results.json", (bank_meta,)),
         ]
         for method in ("finetune", "residual-full"):
             steps.append(Step(f"{task}: baseline {method}", ["-m", "experiments.baselines", f"--run={main}", f"--method={method}",
-                                                             *b["nominal"]], main / "baselines" / method / "results.json"))
+                                                             *b["nominal"]], main / "baselines" / method / "results.json",
+                              (main_results,)))
         for run in (main, oracle, wrong):
             steps.append(Step(f"{task}: nominal success of {run.name}", ["-m", "experiments.baselines", f"--run={run}",
                                                                          "--method=nominal", *b["nominal"]],
-                              run / "baselines" / "nominal" / "results.json"))
+                              run / "baselines" / "nominal" / "results.json", (run / "results.json",)))
         steps += export_and_sim2sim(main, seed, "ReCoVLA")
         seeded: list[Path] = []
         for k in extra_seeds:
             run = root / f"recovla-seed{k}"
             steps += [Step(f"{task}: ReCoVLA, seed {k}", [*train_argv(k), f"--run-dir={run}", f"--selector={selector}",
-                                                          f"--bank-dir={bank}"], run / "results.json"),
+                                                          f"--bank-dir={bank}"], run / "results.json", (bank_meta,)),
                       Step(f"{task}: baseline finetune, seed {k}", ["-m", "experiments.baselines", f"--run={run}",
                                                                      "--method=finetune", *b["nominal"]],
-                           run / "baselines" / "finetune" / "results.json"),
+                           run / "baselines" / "finetune" / "results.json", (run / "results.json",)),
                       *export_and_sim2sim(run, k, f"ReCoVLA, seed {k}")]
             seeded.append(run)
         runs += [*seeded, main, oracle, wrong]  # --seed's run last: the main table and the targets show it
@@ -262,8 +277,11 @@ def main(argv: list[str] | None = None) -> list[Step]:
     failed = []
     for i, s in enumerate(steps, 1):
         if args.skip_existing and s.done_marker is not None and s.done_marker.exists():
-            print(f"[{i:2d}] skip (exists: {s.done_marker}) {s.name}")
-            continue
+            newer = s.stale_inputs()
+            if not newer:
+                print(f"[{i:2d}] skip (exists: {s.done_marker}) {s.name}")
+                continue
+            print(f"[{i:2d}] rerun: {s.done_marker} is older than {', '.join(map(str, newer))} (rewritten since)")
         print(f"\n[{i:2d}/{len(steps)}] {s.name}\n$ {s.shell(python)}", flush=True)
         t0 = time.time()
         rc = subprocess.call([python, *s.argv], env=child_environment())

@@ -413,6 +413,43 @@ def test_benchmark_suite_steps_share_the_compilation_cache():
     assert child_environment({"PYTHONHASHSEED": "7"})["PYTHONHASHSEED"] == "7"  # the caller's choice is kept
 
 
+def test_skip_existing_reruns_an_output_older_than_what_it_was_made_from(tmp_path, monkeypatch, capsys):
+    """A retrained run makes its export, stall windows and sim-to-sim describe policies that no longer exist:
+    --skip-existing reruns them (and everything else downstream), and still skips what is up to date."""
+    import os
+
+    from experiments import benchmark_suite
+
+    out = tmp_path / "bench"
+    steps = benchmark_suite.build_steps(["drawer"], out, "reduced")
+    for age, s in enumerate(reversed(steps)):  # every output written in step order, a second apart
+        if s.done_marker is not None:
+            _write(s.done_marker, {})
+            os.utime(s.done_marker, (1_000_000 - age, 1_000_000 - age))
+    _write(out / "drawer" / "recovla" / "bank" / "bank.json", {})
+    os.utime(out / "drawer" / "recovla" / "bank" / "bank.json", (1, 1))
+    ran: list[str] = []
+    monkeypatch.setattr(subprocess, "call", lambda argv, **k: ran.append(" ".join(argv)) or 0)
+    benchmark_suite.main(["--budget=reduced", "--tasks", "drawer", f"--out={out}", "--skip-existing"])
+    assert ran == [" ".join([benchmark_suite.sys.executable, *steps[-1].argv])]  # only the report: nothing is stale
+
+    retrained = out / "drawer" / "recovla" / "results.json"
+    os.utime(retrained, (2_000_000, 2_000_000))  # the main job ran again after everything else
+    ran.clear()
+    benchmark_suite.main(["--budget=reduced", "--tasks", "drawer", f"--out={out}", "--skip-existing"])
+    rerun = {s.name for s in steps if any(r.endswith(" ".join(s.argv)) for r in ran)}
+    assert rerun == {"drawer: baseline finetune", "drawer: baseline residual-full", "drawer: nominal success of recovla",
+                     "drawer: ONNX export of ReCoVLA", "results table"}
+    assert "is older than" in capsys.readouterr().out
+    # the export's rewrite (mtime now) then makes the stall windows and the sim-to-sim stale in turn
+    manifest = out / "drawer" / "recovla" / "export" / "manifest.json"
+    os.utime(manifest, (3_000_000, 3_000_000))
+    tune = next(s for s in steps if s.name.startswith("drawer: runtime stall windows"))
+    sim2sim = next(s for s in steps if s.name.startswith("drawer: zero-shot"))
+    assert tune.stale_inputs() == [manifest] and sim2sim.stale_inputs() == [manifest]
+    oracle = next(s for s in steps if s.name == "drawer: residual on the oracle mask")
+    assert oracle.stale_inputs() == []
+
 def test_full_reward_mask(drawer_task):
     from recovla_jax.rewards.compiler import RewardMaskError, mask_to_weights
     from recovla_jax.rewards.full_mask import full_reward_mask, full_reward_weights

@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-task-args", action="store_true",
                    help=f"drop the per-task training recipes {TASK_TRAIN_ARGS}")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    p.add_argument("--skip-existing", action="store_true", help="skip steps whose output exists and is newer than what it reads (resume a suite)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip steps whose output exists and is newer than what it reads (resume a suite)")
     p.add_argument("--keep-going", action="store_true", help="run the remaining steps (and the report) after a failure")
     return p
 

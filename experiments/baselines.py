@@ -217,7 +217,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
 
     from recovla_jax.evaluation.recovery import RecoveryEvaluator, evaluation_keys
     from recovla_jax.export.run_reader import load_run_base
-    from recovla_jax.failures.bank import BankMismatchError, FailureBank
+    from experiments.pipeline import load_bank
     from recovla_jax.sim.randomization import DomainRandomization
     from recovla_jax.tasks import get_task
     from recovla_jax.utils.jax_setup import device_summary, package_versions
@@ -229,10 +229,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     run, config, results = info["run"], info["config"], info["results"]
     out = Path(args.out) if args.out else run / "baselines" / args.method
     task = get_task(config["task"], {"episode_length": int(config["episode_length"])})
-    try:
-        bank = FailureBank.load(info["bank_dir"], task)
-    except BankMismatchError as e:
-        raise SystemExit(str(e)) from None
+    bank = load_bank(info["bank_dir"], task, int(config["episode_length"]))  # exits on another task's bank
     counts = bank.counts()
     usable = [m for m in task.failure_modes if counts[m]["train"] > 0 and counts[m]["heldout"] > 0]
     if results and results.get("modes"):

@@ -541,6 +541,22 @@ def test_baselines_budget_and_conditions(tmp_path):
     assert hand_back_kwargs(delayed) == {"hand_back": True, "hand_back_delay": 50}
 
 
+def test_a_baseline_refuses_a_bank_of_another_task(tmp_path, fake_run):
+    """Bank labels index the task's rewards and table cells: another task's bank would score each mode on another's
+    states. The baseline exits naming both tasks before it trains anything."""
+    import shutil
+
+    from experiments import baselines
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run / "bank", run / "bank")
+    _write(run / "config.json", {"task": "stack", "seed": 0})
+    with pytest.raises(SystemExit, match="stack") as e:
+        baselines.main([f"--run={run}", "--method=nominal"])
+    assert "drawer" in str(e.value)
+    assert not (run / "baselines").exists()
+
+
 def test_finetune_policy_at_init_is_the_bc_base(drawer_task, fake_run):
     """The fine-tuned base starts as an exact copy of the BC base: deterministic action == base action."""
     import jax

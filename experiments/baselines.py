@@ -215,9 +215,9 @@ def run_baseline(args: argparse.Namespace) -> dict:
     import numpy as np
     from rich.console import Console
 
+    from experiments.pipeline import load_bank
     from recovla_jax.evaluation.recovery import RecoveryEvaluator, evaluation_keys
     from recovla_jax.export.run_reader import load_run_base
-    from experiments.pipeline import load_bank
     from recovla_jax.sim.randomization import DomainRandomization
     from recovla_jax.tasks import get_task
     from recovla_jax.utils.jax_setup import device_summary, package_versions

@@ -450,6 +450,7 @@ def test_skip_existing_reruns_an_output_older_than_what_it_was_made_from(tmp_pat
     oracle = next(s for s in steps if s.name == "drawer: residual on the oracle mask")
     assert oracle.stale_inputs() == []
 
+
 def test_full_reward_mask(drawer_task):
     from recovla_jax.rewards.compiler import RewardMaskError, mask_to_weights
     from recovla_jax.rewards.full_mask import full_reward_mask, full_reward_weights

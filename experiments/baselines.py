@@ -216,6 +216,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     from rich.console import Console
 
     from experiments.pipeline import load_bank
+    from recovla_jax.evaluation.paired import cells_agree
     from recovla_jax.evaluation.recovery import RecoveryEvaluator, evaluation_keys
     from recovla_jax.export.run_reader import load_run_base
     from recovla_jax.sim.randomization import DomainRandomization
@@ -383,8 +384,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
             cell["base"] = ev.success(params, idx, use_residual=False)
             run_base = ((results or {}).get("modes", {}).get(m) or {}).get("base")
             if run_base is not None:
-                record["base_matches_run"][m] = (run_base["successes"], run_base["trials"]) == (
-                    cell["base"]["successes"], cell["base"]["trials"])
+                record["base_matches_run"][m] = cells_agree(run_base, cell["base"])
         record["modes"][m] = cell
         log(f"eval {m}: {LABELS[args.method]} {_fmt(cell['policy'])}"
             + (f"  base alone {_fmt(cell['base'])}" if "base" in cell else ""))
@@ -418,7 +418,12 @@ def _nominal_of_run(run: Path, task, base, usable: list[str], cond: dict, per_mo
 
 
 def _finish(record: dict, out: Path, t0: float, log) -> dict:
+    from recovla_jax.utils.run_dirs import keep_previous
+
     record["wall_seconds"] = time.time() - t0
+    kept = keep_previous(out / "results.json")  # a --resume of a finished baseline: its first results stay
+    if kept is not None:
+        log(f"earlier results kept as {kept}")
     (out / "results.json").write_text(json.dumps(record, indent=2, default=float))
     nom = record.get("nominal")
     if nom:

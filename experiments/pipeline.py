@@ -30,6 +30,7 @@ from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh
 from recovla_jax.training.policy_bundle import write_policy_bundle
 from recovla_jax.training.residual_env import ResidualEnv
 from recovla_jax.utils.jax_setup import device_summary, on_accelerator, package_versions
+from recovla_jax.utils.run_dirs import keep_previous
 
 console = Console()
 
@@ -247,7 +248,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         base_alone = evaluator.success(params, idx, use_residual=False)
         recovla = evaluator.success(params, idx)
         results["modes"][m] = {"descriptor": descriptors[m].model_dump(), "base": base_alone, "recovla": recovla,
-                               "train_states": counts[m]["train"], "heldout_states": counts[m]["heldout"]}
+                               "train_states": counts[m]["train"], "heldout_states": counts[m]["heldout"],
+                               "heldout_rows": held_rows[idx].tolist()}  # bank rows of the per-state outcomes, in order
         log(f"eval {m}: base alone {_fmt(base_alone)}  {arm} {_fmt(recovla)}")
     rates = [results["modes"][m]["recovla"]["rate"] for m in usable]
     base_rates = [results["modes"][m]["base"]["rate"] for m in usable]
@@ -271,6 +273,9 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     results["wall_seconds"] = time.time() - t_start
     results["target"] = target_verdict(results["modes"], results["average"]["recovla"])
     if jax.process_index() == 0:
+        kept = keep_previous(run_dir / "results.json")  # a resumed finished run: its first results stay
+        if kept is not None:
+            log(f"earlier results kept as {kept}")
         (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
         from experiments.summary import write_learning_curves, write_summary
 

@@ -22,8 +22,10 @@ average" row follows; report.md then closes with the issue's targets over every 
 MJX, >= 75% zero-shot native), taking for each task the column of the last ReCoVLA run given for it, and the
 fine-tuned base's mean over the same cells. Runs of one task and method with different seeds (config.json's `seed`)
 also get an "Across seeds" section: each seed's cell, the mean of the seeds and their range, and a target line with
-every cell averaged over its seeds. Writes report.md, report.csv (tidy: one line per task x row x method, numeric;
-seed rows carry their seed) and report.png (bars with Wilson CIs) into --out. The notes also say how far each
+every cell averaged over its seeds. Where cells recorded per-state outcomes for the same episodes, a "Paired
+comparisons" section tests ReCoVLA against each other column state by state (McNemar's exact test;
+experiments/report_paired.py). Writes report.md, report.csv (tidy: one line per task x row x method, numeric;
+seed rows carry their seed), paired.csv and report.png (bars with Wilson CIs) into --out. The notes also say how far each
 wrong-mask run's masks were from the right ones, and whether a ReCoVLA run's selector chose the oracle's masks (then
 an oracle-mask run on its bank and seed trains the same policies), and which baseline columns got their run's
 expert warm start (their labels are shared by every task and do not say it). A main-job method's ", expert warm
@@ -40,6 +42,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from experiments.report_paired import paired_markdown, paired_rows, write_paired_csv
+from recovla_jax.evaluation.paired import cells_agree
 from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, NATIVE_RECOVERY_TARGET
 
 DASH = "—"
@@ -397,7 +401,7 @@ def _fill_base(table: Table, task: str, t: dict) -> None:
         if m not in chosen:
             chosen[m] = (cell, src)
             table.put(task, m, "base", cell, src)
-        elif (cell["successes"], cell["trials"]) != (chosen[m][0]["successes"], chosen[m][0]["trials"]):
+        elif not cells_agree(cell, chosen[m][0]):
             table.notes.append(f"{task}/{m}: base alone differs between {chosen[m][1]} ({fmt_cell(chosen[m][0])}) and {src} "
                                f"({fmt_cell(cell)}): the runs do not share failure states or evaluation seed")
     for method, cell, src in sorted(t["nominal_base"], key=lambda c: rank(c[0])):
@@ -574,7 +578,7 @@ def _avg_cell(a: dict | None) -> str:
 
 
 def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Path, tg: dict | None = None,
-                   seeds: list[dict] = (), plot: bool = True) -> str:
+                   seeds: list[dict] = (), plot: bool = True, paired: list[str] = ()) -> str:
     head = ["task", "family", "failure mode"] + [table.labels.get(m, m) for m in methods]
     lines = [
         "# ReCoVLA results table",
@@ -601,6 +605,7 @@ def write_markdown(table: Table, methods: list[str], rows: list[dict], path: Pat
             lines.append(f"| {r['task']} | {r['family']} | *{r['row']}* | " + " | ".join(cells) + " |")
     lines += _target_lines(tg)
     lines += _seed_lines(table, list(seeds))
+    lines += list(paired)
     lines += ["", "## Sources", "", "| task | column | directory | budget |", "|---|---|---|---|"]
     for s in table.sources:
         lines.append(f"| {s['task']} | {s['column']} | `{s['run']}` | {s['budget']} |")
@@ -705,15 +710,19 @@ def build_report(runs: list[Path], out: Path, sim2sim_arm: str = "runtime_rules"
     methods, rows = build_rows(table, families or dict(TASK_FAMILIES))
     seeds = seed_rows(table)
     tg = targets(table, rows, seeds=seeds)
-    md = write_markdown(table, methods, rows, out / "report.md", tg, seeds, plot=plot)
+    reference = {task: t["recovla_method"] for task, t in table.tasks.items() if t.get("recovla_method")}
+    paired, unpaired = paired_rows([r for r in rows if r["kind"] == "mode"], methods, reference)
+    md = write_markdown(table, methods, rows, out / "report.md", tg, seeds, plot=plot,
+                        paired=paired_markdown(paired, unpaired, table.labels))
     write_csv(table, methods, rows, out / "report.csv", seeds)
+    write_paired_csv(paired, table.labels, out / "paired.csv")
     if plot:
         write_plot(table, methods, rows, out / "report.png")
     else:
         (out / "report.png").unlink(missing_ok=True)  # an earlier report's plot would show other runs
     return {"markdown": out / "report.md", "csv": out / "report.csv", "png": out / "report.png" if plot else None,
             "methods": methods, "labels": table.labels, "rows": rows, "notes": table.notes, "text": md,
-            "targets": tg, "seeds": seeds}
+            "targets": tg, "seeds": seeds, "paired": paired, "unpaired": unpaired}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -98,7 +98,12 @@ def build_fake_run(run: Path, seed: int = 0) -> Path:
         store.close()
         write_policy_bundle(run, name, modes, task, base, env, ppo_cfg, args, descriptors)
 
-    results = {"task": "drawer", "modes": {m: {"base": wilson(1, 4).as_dict(), "recovla": wilson(2, 4).as_dict()}
+    def cell(bits: str) -> dict:  # a Wilson cell with per-state outcomes, as the evaluator records them
+        return {**wilson(bits.count("1"), len(bits)).as_dict(), "per_state": {"success": bits, "episodes": "fake"}}
+
+    held = {m: np.flatnonzero((bank.arrays["split"] == 1) & (bank.arrays["mode"] == i)).tolist()
+            for i, m in enumerate(task.failure_modes)}
+    results = {"task": "drawer", "modes": {m: {"base": cell("1000"), "recovla": cell("1100"), "heldout_rows": held[m]}
                                            for m in task.failure_modes}}
     (run / "results.json").write_text(json.dumps(results, indent=2))
     (run / "config.json").write_text(json.dumps({"task": "drawer", "seed": seed, "fake": True}, indent=2))

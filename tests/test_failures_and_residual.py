@@ -189,6 +189,15 @@ def test_recovery_evaluator_is_per_state_deterministic_and_zero_residual_equals_
     np.testing.assert_array_equal(forward, backward)
     np.testing.assert_array_equal(ev.outcomes(params, idx, use_residual=False), forward)
     assert forward.any(), "the base policy should open the drawer from some nominal starts within 70 steps"
+    # a cell keeps each state's outcome and a fingerprint of its episodes, which pairs it with other methods' cells
+    cell = ev.success(params, idx)
+    assert cell["successes"] == int(forward.sum()) and cell["per_state"]["success"] == "".join("1" if x else "0" for x in forward)
+    assert ev.success(params, idx, use_residual=False)["per_state"]["episodes"] == cell["per_state"]["episodes"]
+    same = RecoveryEvaluator(env, apply, num_steps=70, seed=1, randomization=DomainRandomization(), block=4)
+    assert same.episode_fingerprint(idx) == cell["per_state"]["episodes"]
+    other_seed = RecoveryEvaluator(env, apply, num_steps=70, seed=2, randomization=DomainRandomization(), block=4)
+    assert other_seed.episode_fingerprint(idx) != cell["per_state"]["episodes"]  # other dynamics and noise draws
+    assert ev.episode_fingerprint(idx[::-1]) != cell["per_state"]["episodes"]  # the same states in another order
     assert ev._run._cache_size() == 1
 
 

@@ -676,3 +676,41 @@ def test_the_report_says_how_wrong_each_wrong_mask_was_and_whether_the_selector_
     assert "each mode trained on another mode's mask: missed_handle on misaligned_gripper's (L1 1.5)" in text
     assert f"masks differ from the oracle's in {', '.join(MODES)}" in text
     assert "chose the oracle's mask" not in text
+
+
+def _ps(bits: str, episodes: str) -> dict:
+    """A Wilson cell with per-state outcomes, as `RecoveryEvaluator.success` records them."""
+    return {**_w(bits.count("1"), len(bits)), "per_state": {"success": bits, "episodes": episodes}}
+
+
+def test_the_report_pairs_recovla_with_each_column_that_ran_the_same_episodes(tmp_path):
+    """ReCoVLA against the fine-tuned base state by state (McNemar's exact test) where both cells recorded the
+    same episodes; a column without per-state outcomes, or with other episodes, is counted as unpaired."""
+    from experiments.report import main
+
+    recovla = {"missed_handle": _ps("1" * 12 + "0" * 8, "ep-a"), "slipped_off": _ps("1" * 20, "ep-b"),
+               "misaligned_gripper": _ps("1" * 10 + "0" * 10, "ep-c")}
+    finetune = {"missed_handle": _ps("0" * 10 + "1" * 2 + "0" * 8, "ep-a"),  # 10 only ReCoVLA, 0 only fine-tuned
+                "slipped_off": _ps("1" * 19 + "0", "ep-b"), "misaligned_gripper": _ps("1" * 10 + "0" * 10, "other")}
+    run = _main_run(tmp_path, "recovla", selector="rules", recovla=recovla, base={m: _w(0, 20) for m in MODES})
+    _write(run / "baselines" / "finetune" / "results.json", {
+        "method": "finetune", "device": {"platform": "cpu"}, "modes": {m: {"policy": c} for m, c in finetune.items()}})
+    _write(run / "baselines" / "residual-full" / "results.json", {
+        "method": "residual-full", "device": {"platform": "cpu"}, "modes": {m: {"policy": _w(10, 20)} for m in MODES}})
+    rep = main(["--runs", str(run), "--out", str(tmp_path / "report"), "--no-plot"])
+    by_row = {(r["row"], r["method"]): r for r in rep["paired"]}
+    assert set(by_row) == {("missed_handle", "finetune"), ("slipped_off", "finetune"),
+                           ("all 2 paired modes, pooled", "finetune")}
+    mh = by_row[("missed_handle", "finetune")]
+    assert (mh["n"], mh["only_a"], mh["only_b"], mh["reference_successes"], mh["method_successes"]) == (20, 10, 0, 12, 2)
+    assert mh["p_value"] == pytest.approx(2 / 2 ** 10) and mh["difference"] == pytest.approx(0.5)
+    pooled = by_row[("all 2 paired modes, pooled", "finetune")]
+    assert (pooled["n"], pooled["only_a"], pooled["only_b"]) == (40, 11, 0)
+    assert rep["unpaired"] == 4  # misaligned_gripper's fine-tuned base (other episodes) and residual-full's 3 cells
+    text = rep["markdown"].read_text()
+    assert "## Paired comparisons (same episodes)" in text
+    assert "| drawer | missed_handle | fine-tuned base | 20 | 12 | 2 | 10 | 0 | +50.0 pp | 0.002 |" in text
+    assert "4 cell pair(s) could not be paired" in text
+    with (tmp_path / "report" / "paired.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and {r["only_reference"] for r in rows} == {"10", "1", "11"}

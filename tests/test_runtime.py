@@ -56,8 +56,11 @@ def test_runtime_and_native_evaluation_run_without_jax(fake_run, fake_export, tm
         assert e["n"] == 1 and set(e["native"]) == {"base", "policy", "runtime_oracle", "runtime_rules"}
         # MJX's cell is over all 4 held-out states, the native one over the first: no gap between different states
         assert e["mjx"]["recovla"]["trials"] == 4 and e["gap"]["policy_minus_mjx_recovla"] is None
+        # ... but state by state the one native episode pairs with MJX's outcome of the same bank row
+        assert e["transfer"]["policy"]["n"] == 1 and e["transfer"]["runtime_rules"]["n"] == 1
     assert res["nominal"]["n"] == 1 and res["latency_ms"]["base_policy"]["n"] > 0
     assert "| missed_handle" in (out / "sim2sim.md").read_text()
+    assert "## State by state: MJX against native" in (out / "sim2sim.md").read_text()
     assert "a stalled recovery whose re-diagnosis sees no failure keeps its policy" in (out / "sim2sim.md").read_text()
     assert "re-diagnosed after 50 steps without progress" in (out / "sim2sim.md").read_text()
     assert res["stall_windows"] == {"conditioned": 50, "missed_handle": 50}  # no window in the manifest: the runtime's
@@ -85,6 +88,23 @@ def test_runtime_losses_split_by_the_runtimes_first_switch():
     assert runtime_losses(episodes) == {
         ("jam", "runtime_rules"): {"lost": 3, "never_switched": 1, "other_mode": 1, "own_mode": 1}}
     assert runtime_losses(episodes[6:]) == {}
+
+
+def test_state_transfer_matches_mjx_and_native_outcomes_by_bank_row():
+    """Per held-out state, MJX's outcome beside a native arm's, matched by bank row whatever the order or subset
+    the native evaluation ran; no per-state MJX outcomes (older runs) gives None."""
+    from recovla_jax.evaluation.sim2sim import state_transfer
+
+    mjx = {"recovla": {"successes": 3, "trials": 5, "per_state": {"success": "11100", "episodes": "x"}},
+           "heldout_rows": [40, 41, 42, 43, 44]}
+    records = [{"arm": "policy", "state": r, "success": ok} for r, ok in ((44, True), (40, True), (41, False), (42, False))]
+    records.append({"arm": "runtime_rules", "state": 40, "success": True})
+    t = state_transfer(mjx, records, "policy")  # row 43 not run natively; 44: native only; 41, 42: MJX only
+    assert t == {"n": 4, "both": 1, "mjx_only": 2, "native_only": 1, "neither": 0, "p_value": 1.0}
+    assert state_transfer(mjx, records, "runtime_rules")["both"] == 1
+    assert state_transfer({"recovla": {"successes": 3, "trials": 5}}, records, "policy") is None
+    with pytest.raises(ValueError, match="5 outcomes for 4 held-out rows"):
+        state_transfer({**mjx, "heldout_rows": [40, 41, 42, 43]}, records, "policy")
 
 
 # ---------------------------------------------------------------------------------------------- stubs

@@ -17,6 +17,7 @@ into one.
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recovla_jax.evaluation.paired import PER_STATE_KEY, encode_outcomes
 from recovla_jax.evaluation.rollout import run_until_success
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.sim.randomization import RANDOMIZED_FIELDS, DomainRandomization, batched_models, randomize_model
@@ -106,6 +108,26 @@ class RecoveryEvaluator:
             out.append(np.asarray(self._run(params, jnp.asarray(padded), use))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros(0, bool)
 
+    def episode_fingerprint(self, indices: np.ndarray) -> str:
+        """A short hash of everything that fixes the episodes from `indices` except the policy: the start states,
+        each start's episode key and randomized model, the noise, latency, jitter and episode length. Two cells
+        with the same fingerprint ran the same episodes, so the report may compare them state by state."""
+        idx = np.asarray(indices, np.int32)
+        h = hashlib.sha256()
+        for k in sorted(self.env.starts):
+            h.update(np.asarray(self.env.starts[k])[idx].tobytes())
+        h.update(np.asarray(self.start_keys(jnp.asarray(idx))).tobytes())
+        if self.models is not None:
+            for f in RANDOMIZED_FIELDS:
+                h.update(np.asarray(getattr(self.models, f))[idx].tobytes())
+        conditions = (self.env.obs_noise, self.env.latency_prob, self.env.start_noise, self.num_steps)
+        h.update(repr(conditions).encode())
+        return h.hexdigest()[:16]
+
     def success(self, params: Any, indices: np.ndarray, use_residual: bool = True) -> dict:
+        """Wilson cell of the starts `indices`, with each start's outcome and the episodes' fingerprint
+        (`paired.PER_STATE_KEY`) for paired comparisons between methods."""
         ok = self.outcomes(params, indices, use_residual)
-        return wilson(int(ok.sum()), int(ok.size)).as_dict()
+        cell = wilson(int(ok.sum()), int(ok.size)).as_dict()
+        cell[PER_STATE_KEY] = {"success": encode_outcomes(ok), "episodes": self.episode_fingerprint(indices)}
+        return cell

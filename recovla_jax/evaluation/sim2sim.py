@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from recovla_jax.evaluation.paired import PER_STATE_KEY, decode_outcomes, mcnemar_exact
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.runtime.manifest import ExportManifest
 from recovla_jax.runtime.monitor import MonitorConfig
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # the task package imports JAX; the annotation needs none of 
 
 FAILURE_ARMS = ("base", "policy", "runtime_oracle", "runtime_rules")
 NOMINAL_ARMS = ("base", "runtime_oracle", "runtime_rules")
+TRANSFER_ARMS = ("policy", "runtime_rules")  # native arms compared with MJX state by state
 SPLIT_CODES = {"train": 0, "heldout": 1}  # the bank's `split` column (failures.bank; imported there with JAX)
 STATE_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")  # a bank row (the scene has no mocap bodies: empty)
 # The whole-episode residual arm: recovery from the first step, never handed back, never re-diagnosed (a policy's
@@ -243,6 +245,9 @@ class Sim2SimEvaluator:
                 },
                 "runtime": {a: _aggregate([r.summary for r in rs]) for a, rs in arms.items()},
             }
+            transfer = {a: state_transfer(mjx, records, a) for a in TRANSFER_ARMS}
+            if any(transfer.values()):
+                entry["transfer"] = transfer
             out["modes"][m] = entry
         if cfg.nominal_episodes > 0:
             arms = {a: [] for a in NOMINAL_ARMS}
@@ -281,6 +286,27 @@ class Sim2SimEvaluator:
             "runtime_step": stats([x for r in rts for x in r.timings.step]),
             "native_physics_control_step": stats(self.physics_times),
         }
+
+
+def state_transfer(mjx: dict, records: list[dict], arm: str) -> dict | None:
+    """MJX's outcome beside the native arm's for each held-out state both ran (matched by bank row): how many
+    states transfer (both), fail only natively (mjx_only), only in MJX (native_only) or in both, with McNemar's exact
+    p on the states they disagree on. None when the MJX cell has no per-state outcomes and rows (runs before
+    session 32)."""
+    cell, rows = mjx.get("recovla") or {}, mjx.get("heldout_rows")
+    if not cell.get(PER_STATE_KEY) or rows is None:
+        return None
+    mjx_ok = decode_outcomes(cell[PER_STATE_KEY]["success"])
+    if len(rows) != mjx_ok.size:
+        raise ValueError(f"MJX cell holds {mjx_ok.size} outcomes for {len(rows)} held-out rows")
+    by_row = dict(zip((int(r) for r in rows), mjx_ok.tolist()))
+    pairs = [(by_row[e["state"]], bool(e["success"])) for e in records if e["arm"] == arm and e["state"] in by_row]
+    if not pairs:
+        return None
+    a, b = (np.array(x, bool) for x in zip(*pairs))
+    r = mcnemar_exact(a, b)
+    return {"n": r["n"], "both": int(np.sum(a & b)), "mjx_only": r["only_a"], "native_only": r["only_b"],
+            "neither": int(np.sum(~a & ~b)), "p_value": r["p_value"]}
 
 
 def _rate(results: list[EpisodeResult]) -> dict:
@@ -381,6 +407,18 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         f = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
         lines.append(f"| **average** | {f(a['mjx_base'])} | {f(a['mjx_recovla'])} | {f(a['base'])} | {f(a['policy'])} | "
                      f"{f(a['runtime_oracle'])} | {f(a['runtime_rules'])} | |")
+    transfer = [(m, arm, t) for m, e in results["modes"].items() for arm, t in (e.get("transfer") or {}).items() if t]
+    if transfer:
+        lines += ["", "## State by state: MJX against native", "",
+                  "Each held-out state's outcome in MJX (the trained policy) beside the native arm's on the same state "
+                  "(native dynamics and noise are drawn apart from MJX's): how much of the gap is states lost in "
+                  "transfer and how much states gained; McNemar's exact p on the states they disagree on.", "",
+                  "| failure mode | native arm | n | both succeed | MJX only | native only | neither | McNemar p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m, arm, t in transfer:
+            p = "< 0.001" if t["p_value"] < 1e-3 else f"{t['p_value']:.3f}"
+            lines.append(f"| {m} | {arm} | {t['n']} | {t['both']} | {t['mjx_only']} | {t['native_only']} | {t['neither']} "
+                         f"| {p} |")
     lost = runtime_losses(episodes)
     if lost:
         lines += ["", "## Where the runtime loses what the policy alone recovers", "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 
@@ -27,3 +28,19 @@ def write_run_record(record: dict, run_dir: Path | str, out: str | None, name: s
     path = Path(out) if out else Path(run_dir) / name
     path.write_text(json.dumps(record, indent=2, default=float))
     return path
+
+
+def keep_previous(path: Path) -> Path | None:
+    """Move an existing `path` aside as NAME.<its mtime>.SUFFIX before it is rewritten (a resumed run re-evaluates
+    and rewrites results.json; the first results, with their wall time, stay); returns where it went, or None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    stamp = datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+    kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    n = 1
+    while kept.exists():
+        kept = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+        n += 1
+    path.rename(kept)
+    return kept

@@ -1,0 +1,93 @@
+"""The report's paired comparisons: ReCoVLA against every other column, state by state, on the same episodes.
+
+Every method of a task is evaluated from the same held-out states under the same per-state draws, so where two
+cells recorded their per-state outcomes with the same episode fingerprint (`recovla_jax.evaluation.paired`), the
+question "does ReCoVLA recover more than X?" has a paired answer: the states only one of them recovers, and
+McNemar's exact test on those. Each task also gets a pooled line over its paired modes (every state once).
+Cells evaluated before per-state outcomes were recorded (session 32) cannot be paired; the section says how many.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from recovla_jax.evaluation.paired import mcnemar_exact, paired_outcomes
+
+PAIRED_FIELDS = ("task", "row", "method", "label", "reference", "n", "reference_successes", "method_successes",
+                 "only_reference", "only_method", "difference", "p_value")
+NOT_COMPARED = ("base", "sim2sim")  # the base column is ReCoVLA's own zero-residual arm; sim2sim runs other episodes
+
+
+def paired_rows(mode_rows: list[dict], methods: list[str], reference_of: dict[str, str]) -> tuple[list[dict], int]:
+    """(one row per task x mode x method paired with the task's ReCoVLA column, then one pooled row per task x
+    method, kind "pooled"; the number of cell pairs that could not be paired)."""
+    rows: list[dict] = []
+    unpaired = 0
+    pooled: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for r in mode_rows:
+        ref = reference_of.get(r["task"])
+        if ref is None or not r["cells"].get(ref):
+            continue
+        for m in methods:
+            if m == ref or m in NOT_COMPARED or not r["cells"].get(m):
+                continue
+            pair = paired_outcomes(r["cells"][ref], r["cells"][m])
+            if pair is None:
+                unpaired += 1
+                continue
+            rows.append(_row(r["task"], r["row"], "mode", ref, m, *pair))
+            pooled.setdefault((r["task"], m), []).append(pair)
+    for (task, m), pairs in pooled.items():
+        if len(pairs) > 1:
+            a = np.concatenate([p[0] for p in pairs])
+            b = np.concatenate([p[1] for p in pairs])
+            rows.append(_row(task, f"all {len(pairs)} paired modes, pooled", "pooled", reference_of[task], m, a, b))
+    rows.sort(key=lambda x: (x["task"], x["method"], x["kind"] == "pooled"))
+    return rows, unpaired
+
+
+def _row(task: str, row: str, kind: str, ref: str, method: str, a: np.ndarray, b: np.ndarray) -> dict:
+    return {"task": task, "row": row, "kind": kind, "reference": ref, "method": method,
+            "reference_successes": int(a.sum()), "method_successes": int(b.sum()), **mcnemar_exact(a, b)}
+
+
+def paired_markdown(rows: list[dict], unpaired: int, labels: dict[str, str]) -> list[str]:
+    """The report's "Paired comparisons" section (nothing when no pair exists and none was missed)."""
+    if not rows and not unpaired:
+        return []
+    lines = ["", "## Paired comparisons (same episodes)", "",
+             "ReCoVLA against each other column where both cells recorded per-state outcomes for the same episodes "
+             "(same states, per-state dynamics, noise, latency and jitter): the states only one of them recovers, the "
+             "difference in success rate (ReCoVLA minus the other) and McNemar's exact two-sided p on those states. "
+             "Pooled lines take every paired state of the task once.", ""]
+    if rows:
+        lines += ["| task | failure mode | compared with | n | ReCoVLA | other | only ReCoVLA | only other | difference | "
+                  "McNemar p |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            name = f"**{r['row']}**" if r["kind"] == "pooled" else r["row"]
+            lines.append(f"| {r['task']} | {name} | {labels.get(r['method'], r['method'])} | {r['n']} | "
+                         f"{r['reference_successes']} | {r['method_successes']} | {r['only_a']} | {r['only_b']} | "
+                         f"{100 * r['difference']:+.1f} pp | {_p(r['p_value'])} |")
+    if unpaired:
+        lines += ["", f"{unpaired} cell pair(s) could not be paired: one side has no per-state outcomes (evaluated before "
+                      "session 32) or ran other episodes (another bank, seed or evaluation conditions)."]
+    return lines
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def write_paired_csv(rows: list[dict], labels: dict[str, str], path: Path) -> None:
+    """paired.csv: one line per paired comparison, numeric (`only_reference` / `only_method`: discordant states)."""
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PAIRED_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({"task": r["task"], "row": r["row"], "method": r["method"], "label": labels.get(r["method"], r["method"]),
+                        "reference": r["reference"], "n": r["n"], "reference_successes": r["reference_successes"],
+                        "method_successes": r["method_successes"], "only_reference": r["only_a"],
+                        "only_method": r["only_b"], "difference": r["difference"], "p_value": r["p_value"]})

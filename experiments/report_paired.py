@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recovla_jax.evaluation.paired import mcnemar_exact, paired_outcomes
+from recovla_jax.evaluation.paired import format_p, mcnemar_exact, paired_outcomes
 
 PAIRED_FIELDS = ("task", "row", "method", "label", "reference", "n", "reference_successes", "method_successes",
                  "only_reference", "only_method", "difference", "p_value")
@@ -70,15 +70,11 @@ def paired_markdown(rows: list[dict], unpaired: int, labels: dict[str, str]) -> 
             name = f"**{r['row']}**" if r["kind"] == "pooled" else r["row"]
             lines.append(f"| {r['task']} | {name} | {labels.get(r['method'], r['method'])} | {r['n']} | "
                          f"{r['reference_successes']} | {r['method_successes']} | {r['only_a']} | {r['only_b']} | "
-                         f"{100 * r['difference']:+.1f} pp | {_p(r['p_value'])} |")
+                         f"{100 * r['difference']:+.1f} pp | {format_p(r['p_value'])} |")
     if unpaired:
         lines += ["", f"{unpaired} cell pair(s) could not be paired: one side has no per-state outcomes (evaluated before "
                       "session 32) or ran other episodes (another bank, seed or evaluation conditions)."]
     return lines
-
-
-def _p(p: float) -> str:
-    return "< 0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 def write_paired_csv(rows: list[dict], labels: dict[str, str], path: Path) -> None:

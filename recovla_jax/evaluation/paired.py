@@ -27,6 +27,11 @@ def decode_outcomes(bits: str) -> np.ndarray:
     return np.frombuffer(bits.encode(), np.uint8) == ord("1")
 
 
+def format_p(p: float) -> str:
+    """A p-value as the reports print it: three decimals, "< 0.001" below that."""
+    return "< 0.001" if p < 1e-3 else f"{p:.3f}"
+
+
 def paired_outcomes(a: dict | None, b: dict | None) -> tuple[np.ndarray, np.ndarray] | None:
     """The two cells' outcome arrays when both recorded them for the same episodes (same fingerprint), else None."""
     pa, pb = (a or {}).get(PER_STATE_KEY), (b or {}).get(PER_STATE_KEY)

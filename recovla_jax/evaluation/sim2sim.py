@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from recovla_jax.evaluation.paired import PER_STATE_KEY, decode_outcomes, mcnemar_exact
+from recovla_jax.evaluation.paired import PER_STATE_KEY, decode_outcomes, format_p, mcnemar_exact
 from recovla_jax.evaluation.stats import wilson
 from recovla_jax.runtime.manifest import ExportManifest
 from recovla_jax.runtime.monitor import MonitorConfig
@@ -416,9 +416,8 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
                   "| failure mode | native arm | n | both succeed | MJX only | native only | neither | McNemar p |",
                   "|---|---|---|---|---|---|---|---|"]
         for m, arm, t in transfer:
-            p = "< 0.001" if t["p_value"] < 1e-3 else f"{t['p_value']:.3f}"
             lines.append(f"| {m} | {arm} | {t['n']} | {t['both']} | {t['mjx_only']} | {t['native_only']} | {t['neither']} "
-                         f"| {p} |")
+                         f"| {format_p(t['p_value'])} |")
     lost = runtime_losses(episodes)
     if lost:
         lines += ["", "## Where the runtime loses what the policy alone recovers", "",

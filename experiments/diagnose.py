@@ -64,11 +64,12 @@ def main(argv: list[str] | None = None) -> Path:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from experiments.pipeline import load_bank
     from recovla_jax.diagnosis.bank_diagnosis import diagnose_bank
     from recovla_jax.diagnosis.gemini import VLMConfigurationError
     from recovla_jax.diagnosis.metrics import plot_confusion, report_markdown, score
     from recovla_jax.diagnosis.selectors import make_selector, resolve_auto
-    from recovla_jax.failures.bank import BankConfig, BankMismatchError, FailureBank, collect_failure_bank
+    from recovla_jax.failures.bank import BankConfig, collect_failure_bank
     from recovla_jax.sim.native import check_mjx_compatible
     from recovla_jax.tasks import get_task
 
@@ -78,10 +79,7 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     if args.bank_dir:
-        try:
-            bank = FailureBank.load(Path(args.bank_dir), task)
-        except BankMismatchError as e:
-            raise SystemExit(str(e)) from None
+        bank = load_bank(Path(args.bank_dir), task)  # exits clearly on another task's bank
         bank_source = str(args.bank_dir)
     else:
         from recovla_jax.policies.bc import load_or_train_base_policy

@@ -84,14 +84,15 @@ def potential_discount(config: dict) -> float:
     return float(config.get("gamma", 0.99)) if config.get("shaping_discount", "none") == "gamma" else 1.0
 
 
-def load_bank(directory: Path, task, episode_length: int) -> FailureBank:
+def load_bank(directory: Path, task, episode_length: int | None = None) -> FailureBank:
     """A saved bank for `task` (a clear exit if it is another task's), with a warning when its states were tested for
-    fewer base steps than the episodes now get: the base might then recover some of them in the longer episode."""
+    fewer base steps than the episodes now get (`episode_length`; None skips the check, e.g. for diagnosis only):
+    the base might then recover some of them in the longer episode."""
     try:
         bank = FailureBank.load(directory, task)
     except BankMismatchError as e:
         raise SystemExit(str(e)) from None
-    if bank.test_steps is not None and bank.test_steps < episode_length:
+    if episode_length is not None and bank.test_steps is not None and bank.test_steps < episode_length:
         log(f"[yellow]warning:[/] {directory}'s states were tested as base failures over {bank.test_steps} steps; "
             f"episodes now last {episode_length}: the base-alone column shows how many it recovers in the longer episode")
     return bank

@@ -541,6 +541,9 @@ def test_diagnose_bank_score_and_cli(drawer_task, labelled_bank, tmp_path):
     assert "| true \\ predicted |" in md and "Wilson" in md
     assert (out / "confusion_rules.png").stat().st_size > 1000
     assert len((out / "records_rules.jsonl").read_text().splitlines()) == 20
+    # Another task's bank: a clear exit naming the bank's task, before any state is diagnosed.
+    with pytest.raises(SystemExit, match="collected for task 'drawer'"):
+        main(["--task=stack", f"--bank-dir={tmp_path / 'bank'}", "--selector=rules", f"--out={tmp_path / 'other'}"])
 
 
 def test_cli_gemini_end_to_end_then_cached_rerun(drawer_task, labelled_bank, gemini_server, tmp_path):

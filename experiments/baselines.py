@@ -418,13 +418,13 @@ def _nominal_of_run(run: Path, task, base, usable: list[str], cond: dict, per_mo
 
 
 def _finish(record: dict, out: Path, t0: float, log) -> dict:
-    from recovla_jax.utils.run_dirs import keep_previous
+    from recovla_jax.utils.run_dirs import replace_keeping_previous
 
     record["wall_seconds"] = time.time() - t0
-    kept = keep_previous(out / "results.json")  # a --resume of a finished baseline: its first results stay
+    # a --resume of a finished baseline: its first results stay
+    kept = replace_keeping_previous(out / "results.json", json.dumps(record, indent=2, default=float))
     if kept is not None:
         log(f"earlier results kept as {kept}")
-    (out / "results.json").write_text(json.dumps(record, indent=2, default=float))
     nom = record.get("nominal")
     if nom:
         log(f"nominal after training: policy {_fmt(nom['policy'])}  base alone {_fmt(nom['base'])}")

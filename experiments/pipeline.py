@@ -30,7 +30,7 @@ from recovla_jax.training.ppo import PPOConfig, PPOTrainer, make_mesh
 from recovla_jax.training.policy_bundle import write_policy_bundle
 from recovla_jax.training.residual_env import ResidualEnv
 from recovla_jax.utils.jax_setup import device_summary, on_accelerator, package_versions
-from recovla_jax.utils.run_dirs import keep_previous
+from recovla_jax.utils.run_dirs import replace_keeping_previous
 
 console = Console()
 
@@ -274,10 +274,10 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     results["wall_seconds"] = time.time() - t_start
     results["target"] = target_verdict(results["modes"], results["average"]["recovla"])
     if jax.process_index() == 0:
-        kept = keep_previous(run_dir / "results.json")  # a resumed finished run: its first results stay
+        # a resumed finished run: its first results stay
+        kept = replace_keeping_previous(run_dir / "results.json", json.dumps(results, indent=2, default=float))
         if kept is not None:
             log(f"earlier results kept as {kept}")
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
         from experiments.summary import write_learning_curves, write_summary
 
         write_learning_curves(results["curves"], run_dir / "learning_curves.png",

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiments.report_paired import paired_markdown, paired_rows, write_paired_csv
-from recovla_jax.evaluation.paired import cells_agree
+from recovla_jax.evaluation.paired import cells_agree, disagreement_reason
 from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, NATIVE_RECOVERY_TARGET
 
 DASH = "—"
@@ -403,7 +403,7 @@ def _fill_base(table: Table, task: str, t: dict) -> None:
             table.put(task, m, "base", cell, src)
         elif not cells_agree(cell, chosen[m][0]):
             table.notes.append(f"{task}/{m}: base alone differs between {chosen[m][1]} ({fmt_cell(chosen[m][0])}) and {src} "
-                               f"({fmt_cell(cell)}): the runs do not share failure states or evaluation seed")
+                               f"({fmt_cell(cell)}): {disagreement_reason(chosen[m][0], cell)}")
     for method, cell, src in sorted(t["nominal_base"], key=lambda c: rank(c[0])):
         if cell is not None:
             table.put_nominal(task, "base", cell, src)

@@ -16,7 +16,7 @@ import numpy as np
 
 from recovla_jax.evaluation.paired import format_p, mcnemar_exact, paired_outcomes
 
-PAIRED_FIELDS = ("task", "row", "method", "label", "reference", "n", "reference_successes", "method_successes",
+PAIRED_FIELDS = ("task", "row", "kind", "method", "label", "reference", "n", "reference_successes", "method_successes",
                  "only_reference", "only_method", "difference", "p_value")
 NOT_COMPARED = ("base", "sim2sim")  # the base column is ReCoVLA's own zero-residual arm; sim2sim runs other episodes
 
@@ -78,12 +78,14 @@ def paired_markdown(rows: list[dict], unpaired: int, labels: dict[str, str]) -> 
 
 
 def write_paired_csv(rows: list[dict], labels: dict[str, str], path: Path) -> None:
-    """paired.csv: one line per paired comparison, numeric (`only_reference` / `only_method`: discordant states)."""
+    """paired.csv: one line per paired comparison, numeric (`only_reference` / `only_method`: discordant states;
+    `kind` "mode" for one failure mode, "pooled" for a task's pooled line, which repeats those modes' states)."""
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=PAIRED_FIELDS)
         w.writeheader()
         for r in rows:
-            w.writerow({"task": r["task"], "row": r["row"], "method": r["method"], "label": labels.get(r["method"], r["method"]),
+            w.writerow({"task": r["task"], "row": r["row"], "kind": r["kind"], "method": r["method"],
+                        "label": labels.get(r["method"], r["method"]),
                         "reference": r["reference"], "n": r["n"], "reference_successes": r["reference_successes"],
                         "method_successes": r["method_successes"], "only_reference": r["only_a"],
                         "only_method": r["only_b"], "difference": r["difference"], "p_value": r["p_value"]})

@@ -714,3 +714,4 @@ def test_the_report_pairs_recovla_with_each_column_that_ran_the_same_episodes(tm
     with (tmp_path / "report" / "paired.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {r["only_reference"] for r in rows} == {"10", "1", "11"}
+    assert [r["kind"] for r in rows].count("pooled") == 1  # a sum over a task's rows must skip it

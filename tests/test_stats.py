@@ -38,7 +38,8 @@ def test_mcnemar_exact_reads_only_the_states_one_method_recovers():
 def test_cells_pair_only_when_they_ran_the_same_episodes():
     import numpy as np
 
-    from recovla_jax.evaluation.paired import cells_agree, decode_outcomes, encode_outcomes, paired_outcomes
+    from recovla_jax.evaluation.paired import (cells_agree, decode_outcomes, disagreement_reason, encode_outcomes,
+                                               paired_outcomes)
 
     ok = np.array([True, False, True, True])
     assert encode_outcomes(ok) == "1011" and (decode_outcomes("1011") == ok).all()
@@ -52,13 +53,19 @@ def test_cells_pair_only_when_they_ran_the_same_episodes():
     assert pair is not None and pair[1].tolist() == [True, True, True, False]
     assert paired_outcomes(a, other) is None and paired_outcomes(a, legacy) is None
     assert not cells_agree(a, b)  # same count, other states
-    assert cells_agree(a, other) and cells_agree(a, legacy)  # not pairable: counts decide
+    assert "other outcomes" in disagreement_reason(a, b)
+    assert not cells_agree(a, other)  # same count, but provably other episodes
+    assert "other episodes" in disagreement_reason(a, other)
+    assert cells_agree(a, legacy)  # one side predates per-state outcomes: counts decide
+    assert "predates" in disagreement_reason(a, legacy)
+    unfingerprinted = {**wilson(3, 4).as_dict(), "per_state": {"success": "1011", "episodes": ""}}
+    assert paired_outcomes(unfingerprinted, unfingerprinted) is None  # no fingerprint: nothing proves the same episodes
 
 
 def test_a_rewritten_results_file_keeps_the_earlier_one(tmp_path):
     import os
 
-    from recovla_jax.utils.run_dirs import keep_previous
+    from recovla_jax.utils.run_dirs import keep_previous, replace_keeping_previous
 
     path = tmp_path / "results.json"
     assert keep_previous(path) is None
@@ -70,3 +77,11 @@ def test_a_rewritten_results_file_keeps_the_earlier_one(tmp_path):
     os.utime(path, (1_700_000_000, 1_700_000_000))  # same stamp: a second name, nothing overwritten
     second = keep_previous(path)
     assert second != first and first.exists() and second.read_text() == "{}"
+    assert sorted([second.name, first.name]) == [first.name, second.name]  # names sort in the order they were kept
+
+    kept = replace_keeping_previous(path, '{"new": 1}')
+    assert kept is None and path.read_text() == '{"new": 1}'
+    os.utime(path, (1_700_000_100, 1_700_000_100))
+    kept = replace_keeping_previous(path, '{"newer": 2}')
+    assert kept is not None and kept.read_text() == '{"new": 1}' and path.read_text() == '{"newer": 2}'
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file became results.json

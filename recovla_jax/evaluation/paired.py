@@ -32,11 +32,19 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 1e-3 else f"{p:.3f}"
 
 
+def episodes_of(cell: dict | None) -> str | None:
+    """A cell's episode fingerprint; None when it recorded no per-state outcomes (or an empty fingerprint)."""
+    per_state = (cell or {}).get(PER_STATE_KEY) or {}
+    return per_state.get("episodes") or None
+
+
 def paired_outcomes(a: dict | None, b: dict | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two cells' outcome arrays when both recorded them for the same episodes (same fingerprint), else None."""
-    pa, pb = (a or {}).get(PER_STATE_KEY), (b or {}).get(PER_STATE_KEY)
-    if not pa or not pb or pa.get("episodes") != pb.get("episodes"):
+    """The two cells' outcome arrays when both recorded them for the same episodes (same, non-empty fingerprint),
+    else None."""
+    ea, eb = episodes_of(a), episodes_of(b)
+    if ea is None or ea != eb:
         return None
+    pa, pb = a[PER_STATE_KEY], b[PER_STATE_KEY]
     oa, ob = decode_outcomes(pa["success"]), decode_outcomes(pb["success"])
     if oa.shape != ob.shape:  # the same fingerprint over a different count cannot happen unless a file was edited
         raise ValueError(f"cells with episode fingerprint {pa.get('episodes')} hold {oa.size} and {ob.size} outcomes")
@@ -63,9 +71,22 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def cells_agree(a: dict, b: dict) -> bool:
-    """Whether two evaluations of one arm gave the same result: state by state where both recorded the same
-    episodes, else by success count and trials (cells from before per-state outcomes were kept)."""
-    pair = paired_outcomes(a, b)
-    if pair is not None:
-        return bool(np.array_equal(*pair))
+    """Whether two evaluations of one arm gave the same result: state by state where both recorded per-state
+    outcomes (two different fingerprints ran other episodes, so they do not agree even at an equal count), else by
+    success count and trials (a cell from before per-state outcomes were kept)."""
+    ea, eb = episodes_of(a), episodes_of(b)
+    if ea is not None and eb is not None:
+        pair = paired_outcomes(a, b)
+        return pair is not None and bool(np.array_equal(*pair))
     return (a["successes"], a["trials"]) == (b["successes"], b["trials"])
+
+
+def disagreement_reason(a: dict, b: dict) -> str:
+    """Why two evaluations of one arm that do not agree (`cells_agree` False) differ, as far as their records show."""
+    ea, eb = episodes_of(a), episodes_of(b)
+    if ea is not None and ea == eb:
+        return ("the same episodes (same fingerprint) gave other outcomes: another base policy, code version or "
+                "device")
+    if ea is not None and eb is not None:
+        return "they ran other episodes (another bank, seed, evaluation conditions or horizon)"
+    return "the runs do not share failure states or evaluation seed (one predates per-state outcomes)"

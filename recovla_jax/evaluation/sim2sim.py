@@ -245,7 +245,10 @@ class Sim2SimEvaluator:
                 },
                 "runtime": {a: _aggregate([r.summary for r in rs]) for a, rs in arms.items()},
             }
-            transfer = {a: state_transfer(mjx, records, a) for a in TRANSFER_ARMS}
+            try:
+                transfer = {a: state_transfer(mjx, records, a) for a in TRANSFER_ARMS}
+            except ValueError as e:  # an edited or mismatched results.json: keep the native episodes, say why
+                transfer, entry["transfer_error"] = {}, str(e)
             if any(transfer.values()):
                 entry["transfer"] = transfer
             out["modes"][m] = entry
@@ -418,6 +421,9 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path]:
         for m, arm, t in transfer:
             lines.append(f"| {m} | {arm} | {t['n']} | {t['both']} | {t['mjx_only']} | {t['native_only']} | {t['neither']} "
                          f"| {format_p(t['p_value'])} |")
+    for m, e in results["modes"].items():
+        if e.get("transfer_error"):
+            lines += ["", f"{m}: no state-by-state comparison: {e['transfer_error']}"]
     lost = runtime_losses(episodes)
     if lost:
         lines += ["", "## Where the runtime loses what the policy alone recovers", "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -39,8 +40,21 @@ def keep_previous(path: Path) -> Path | None:
     stamp = datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
     kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
     n = 1
-    while kept.exists():
-        kept = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+    while kept.exists():  # "_" sorts after ".", so the names list in time order
+        kept = path.with_name(f"{path.stem}.{stamp}_{n}{path.suffix}")
         n += 1
     path.rename(kept)
+    return kept
+
+
+def replace_keeping_previous(path: Path, text: str) -> Path | None:
+    """Write `text` to `path`, keeping an existing file as `keep_previous` does; returns where that went, or None.
+
+    The new text is written to a temporary file first, so a failed write (full disk, a kill) leaves the earlier file
+    where it was rather than neither."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    kept = keep_previous(path)
+    os.replace(tmp, path)
     return kept

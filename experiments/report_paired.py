@@ -18,7 +18,9 @@ from recovla_jax.evaluation.paired import format_p, mcnemar_exact, paired_outcom
 
 PAIRED_FIELDS = ("task", "row", "kind", "method", "label", "reference", "n", "reference_successes", "method_successes",
                  "only_reference", "only_method", "difference", "p_value")
-NOT_COMPARED = ("base", "sim2sim")  # the base column is ReCoVLA's own zero-residual arm; sim2sim runs other episodes
+# sim2sim runs other episodes (native dynamics). The base column is paired too (ReCoVLA's own zero-residual arm on the
+# same episodes): its "only other" count is the states the base recovers and the residual loses.
+NOT_COMPARED = ("sim2sim",)
 
 
 def paired_rows(mode_rows: list[dict], methods: list[str], reference_of: dict[str, str]) -> tuple[list[dict], int]:

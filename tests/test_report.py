@@ -692,7 +692,9 @@ def test_the_report_pairs_recovla_with_each_column_that_ran_the_same_episodes(tm
                "misaligned_gripper": _ps("1" * 10 + "0" * 10, "ep-c")}
     finetune = {"missed_handle": _ps("0" * 10 + "1" * 2 + "0" * 8, "ep-a"),  # 10 only ReCoVLA, 0 only fine-tuned
                 "slipped_off": _ps("1" * 19 + "0", "ep-b"), "misaligned_gripper": _ps("1" * 10 + "0" * 10, "other")}
-    run = _main_run(tmp_path, "recovla", selector="rules", recovla=recovla, base={m: _w(0, 20) for m in MODES})
+    base = {"missed_handle": _ps("0" * 19 + "1", "ep-a"),  # a state the base recovers and ReCoVLA loses
+            "slipped_off": _ps("0" * 20, "ep-b"), "misaligned_gripper": _w(0, 20)}  # the last predates per-state outcomes
+    run = _main_run(tmp_path, "recovla", selector="rules", recovla=recovla, base=base)
     _write(run / "baselines" / "finetune" / "results.json", {
         "method": "finetune", "device": {"platform": "cpu"}, "modes": {m: {"policy": c} for m, c in finetune.items()}})
     _write(run / "baselines" / "residual-full" / "results.json", {
@@ -700,18 +702,20 @@ def test_the_report_pairs_recovla_with_each_column_that_ran_the_same_episodes(tm
     rep = main(["--runs", str(run), "--out", str(tmp_path / "report"), "--no-plot"])
     by_row = {(r["row"], r["method"]): r for r in rep["paired"]}
     assert set(by_row) == {("missed_handle", "finetune"), ("slipped_off", "finetune"),
-                           ("all 2 paired modes, pooled", "finetune")}
+                           ("all 2 paired modes, pooled", "finetune"), ("missed_handle", "base"), ("slipped_off", "base"),
+                           ("all 2 paired modes, pooled", "base")}
+    assert (by_row[("missed_handle", "base")]["only_a"], by_row[("missed_handle", "base")]["only_b"]) == (12, 1)
     mh = by_row[("missed_handle", "finetune")]
     assert (mh["n"], mh["only_a"], mh["only_b"], mh["reference_successes"], mh["method_successes"]) == (20, 10, 0, 12, 2)
     assert mh["p_value"] == pytest.approx(2 / 2 ** 10) and mh["difference"] == pytest.approx(0.5)
     pooled = by_row[("all 2 paired modes, pooled", "finetune")]
     assert (pooled["n"], pooled["only_a"], pooled["only_b"]) == (40, 11, 0)
-    assert rep["unpaired"] == 4  # misaligned_gripper's fine-tuned base (other episodes) and residual-full's 3 cells
+    assert rep["unpaired"] == 5  # misaligned_gripper's fine-tuned base (other episodes) and base, residual-full's 3
     text = rep["markdown"].read_text()
     assert "## Paired comparisons (same episodes)" in text
     assert "| drawer | missed_handle | fine-tuned base | 20 | 12 | 2 | 10 | 0 | +50.0 pp | 0.002 |" in text
-    assert "4 cell pair(s) could not be paired" in text
+    assert "5 cell pair(s) could not be paired" in text
     with (tmp_path / "report" / "paired.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and {r["only_reference"] for r in rows} == {"10", "1", "11"}
-    assert [r["kind"] for r in rows].count("pooled") == 1  # a sum over a task's rows must skip it
+    assert len(rows) == 6 and {r["only_reference"] for r in rows if r["method"] == "finetune"} == {"10", "1", "11"}
+    assert [r["kind"] for r in rows].count("pooled") == 2  # a sum over a task's rows must skip them

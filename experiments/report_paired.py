@@ -64,7 +64,11 @@ def paired_markdown(rows: list[dict], unpaired: int, labels: dict[str, str]) -> 
              "ReCoVLA against each other column where both cells recorded per-state outcomes for the same episodes "
              "(same states, per-state dynamics, noise, latency and jitter): the states only one of them recovers, the "
              "difference in success rate (ReCoVLA minus the other) and McNemar's exact two-sided p on those states. "
-             "Pooled lines take every paired state of the task once.", ""]
+             "Pooled lines take every paired state of the task once."]
+    refs = sorted({(r["task"], r["reference"]) for r in rows})
+    if refs:
+        lines[-1] += " ReCoVLA here is " + "; ".join(f"{t}: {labels.get(ref, ref)}" for t, ref in refs) + "."
+    lines.append("")
     if rows:
         lines += ["| task | failure mode | compared with | n | ReCoVLA | other | only ReCoVLA | only other | difference | "
                   "McNemar p |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -715,6 +715,7 @@ def test_the_report_pairs_recovla_with_each_column_that_ran_the_same_episodes(tm
     assert "## Paired comparisons (same episodes)" in text
     assert "| drawer | missed_handle | fine-tuned base | 20 | 12 | 2 | 10 | 0 | +50.0 pp | 0.002 |" in text
     assert "5 cell pair(s) could not be paired" in text
+    assert "ReCoVLA here is drawer: ReCoVLA (rules)." in text  # which column is the reference
     with (tmp_path / "report" / "paired.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["only_reference"] for r in rows if r["method"] == "finetune"} == {"10", "1", "11"}

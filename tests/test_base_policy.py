@@ -36,6 +36,40 @@ def test_base_policy_is_cached(drawer_base_policy, drawer_task, bc_cache_dir):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_cached_clone_records_its_cpu_and_says_when_it_came_from_another(drawer_base_policy, drawer_task, bc_cache_dir,
+                                                                        tmp_path):
+    import json
+    import shutil
+
+    from recovla_jax.utils.jax_setup import host_cpu
+
+    cache = tmp_path / "cache"
+    shutil.copytree(bc_cache_dir, cache)
+    (meta_path,) = cache.glob(f"base_policies/{drawer_task.name}-*/meta.json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["host_cpu"] == host_cpu()
+    messages = []
+    load_or_train_base_policy(drawer_task, BCConfig(**TEST_BC), cache_dir=cache, log=messages.append)
+    assert not any("another kind of CPU" in m for m in messages), messages
+    meta["host_cpu"] = {**meta["host_cpu"], "model": "Some Other CPU", "isa": ["avx2"]}
+    meta_path.write_text(json.dumps(meta))
+    load_or_train_base_policy(drawer_task, BCConfig(**TEST_BC), cache_dir=cache, log=messages.append)
+    assert any("another kind of CPU (Some Other CPU, avx2)" in m for m in messages), messages
+
+
+def test_host_cpu_reads_the_model_and_the_extensions_xla_compiles_for():
+    from recovla_jax.utils.jax_setup import host_cpu
+
+    x86 = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse2 avx2 fma avx512f amx_tile "
+           "avx512_fp16\n\nprocessor\t: 1\nmodel name\t: second core, ignored\nflags\t\t: fpu\n")
+    info = host_cpu(x86)
+    assert info["model"] == "Intel(R) Xeon(R) Processor"
+    assert info["isa"] == ["avx2", "fma", "avx512f", "avx512_fp16", "amx_tile"]
+    arm = host_cpu("processor\t: 0\nFeatures\t: fp asimd sve\nModel\t: Graviton\n")
+    assert arm["model"] == "Graviton" and arm["isa"] == ["asimd", "sve"]
+    assert host_cpu("")["isa"] == [] and host_cpu("")["model"]
+
+
 def test_cache_key_follows_task_source_and_config(drawer_task, monkeypatch):
     from recovla_jax.policies import bc
     from recovla_jax.tasks import get_task

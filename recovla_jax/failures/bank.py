@@ -28,7 +28,7 @@ from recovla_jax.sim.env import TaskEnv
 from recovla_jax.sim.randomization import DomainRandomization, batched_models
 from recovla_jax.sim.wrappers import using_model
 from recovla_jax.tasks.base import Task
-from recovla_jax.utils.jax_setup import package_versions
+from recovla_jax.utils.jax_setup import host_cpu, package_versions
 
 STATE_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "ctrl")
 
@@ -209,7 +209,7 @@ def collect_failure_bank(task: Task, base: BasePolicy, cfg: BankConfig, log=prin
         chunks.append(chunk)
     arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     meta = {"seed": cfg.seed, "config": cfg.model_dump(), "base_policy": base.name, "collection": stats,
-            "versions": package_versions()}
+            "versions": package_versions(), "host_cpu": host_cpu()}
     return FailureBank(task.name, tuple(task.failure_modes), tuple(task.recovery_stages), arrays, meta)
 
 

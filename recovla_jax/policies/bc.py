@@ -32,7 +32,7 @@ from recovla_jax.sim.randomization import DomainRandomization, batched_models
 from recovla_jax.sim.wrappers import RandomizedVmapWrapper
 from recovla_jax.tasks.base import ASSETS, Task
 from recovla_jax.utils.checkpoint import restore_pytree, save_pytree
-from recovla_jax.utils.jax_setup import DEFAULT_CACHE_DIR, package_versions
+from recovla_jax.utils.jax_setup import DEFAULT_CACHE_DIR, host_cpu, package_versions
 
 CACHE_FORMAT = 4  # 2: demo chunks; 3: task and rules source hashed; 4: DAgger refits from scratch, keeps the best
 
@@ -314,6 +314,11 @@ def load_or_train_base_policy(
         meta = json.loads(meta_path.read_text())
         params = restore_pytree(root / "params")
         log(f"base policy: loaded cached BC policy {root} (nominal success {meta['nominal_success']['rate']:.1%})")
+        cloned_on, here = meta.get("host_cpu"), host_cpu()
+        if cloned_on and (cloned_on.get("model"), cloned_on.get("isa")) != (here["model"], here["isa"]):
+            log(f"base policy: note: cloned on another kind of CPU ({cloned_on.get('model')}, "
+                f"{' '.join(cloned_on.get('isa') or [])}) than this one ({here['model']}, {' '.join(here['isa'])}): a "
+                "clone made here would differ numerically (recovla_jax.utils.jax_setup.host_cpu)")
         return BasePolicy(name=f"bc-{task.name}", apply=apply, params=jax.tree.map(jnp.asarray, params), info=meta)
 
     t0 = time.time()
@@ -375,6 +380,7 @@ def load_or_train_base_policy(
         "nominal_success": nominal,
         "train_seconds": time.time() - t0,
         "versions": package_versions(),
+        "host_cpu": host_cpu(),  # a clone is reproducible on the same kind of CPU only (jax_setup.host_cpu)
     }
     save_pytree(root / "params", params)
     meta_path.write_text(json.dumps(meta, indent=2))

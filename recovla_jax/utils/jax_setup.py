@@ -13,6 +13,7 @@ GPUs, so matmul precision defaults to "highest" (override with JAX_DEFAULT_MATMU
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Mapping
 
@@ -54,7 +55,37 @@ def device_summary() -> dict:
         "device_count": jax.device_count(),
         "local_device_count": jax.local_device_count(),
         "process_count": jax.process_count(),
+        "host_cpu": host_cpu(),
     }
+
+
+# CPU features XLA's CPU backend generates different code for (vector width, matrix units, fp16/bf16 arithmetic).
+XLA_RELEVANT_CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile",
+                          "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+
+
+def host_cpu(cpuinfo: str | None = None) -> dict:
+    """The host CPU's model and the instruction-set extensions XLA compiles for, recorded with runs, banks and
+    cloned bases. Why: XLA compiles for the host's vector and matrix extensions, so CPU results repeat bit for bit
+    only on the same kind of CPU. The stack base cloned under one cache key (same code, seeds and pinned wheels)
+    scored 94.5% nominal in sessions 9, 19 and 29 and 87.1% in session 34 on an AVX-512/AMX Xeon (docs/experiments.md);
+    the earlier machines' CPUs were not recorded, the likeliest difference. `cpuinfo` is the text of /proc/cpuinfo
+    (read when None; empty off Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() not in fields:
+            fields[name.strip()] = value.strip()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {"machine": platform.machine(),
+            "model": fields.get("model name") or fields.get("Model") or platform.processor() or "unknown",
+            "isa": [f for f in XLA_RELEVANT_CPU_FLAGS if f in flags],
+            "logical_cpus": os.cpu_count()}
 
 
 def on_accelerator() -> bool:
@@ -67,7 +98,7 @@ def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("jax", "jaxlib", "mujoco", "mujoco-mjx", "brax", "flax", "optax", "orbax-checkpoint"):
+    for name in ("jax", "jaxlib", "numpy", "mujoco", "mujoco-mjx", "brax", "flax", "optax", "orbax-checkpoint"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

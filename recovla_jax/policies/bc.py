@@ -380,7 +380,7 @@ def load_or_train_base_policy(
         "nominal_success": nominal,
         "train_seconds": time.time() - t0,
         "versions": package_versions(),
-        "host_cpu": host_cpu(),  # a clone is reproducible on the same kind of CPU only (jax_setup.host_cpu)
+        "host_cpu": host_cpu(),  # another kind of CPU may clone differently (jax_setup.host_cpu)
     }
     save_pytree(root / "params", params)
     meta_path.write_text(json.dumps(meta, indent=2))

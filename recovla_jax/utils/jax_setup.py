@@ -66,8 +66,8 @@ XLA_RELEVANT_CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx51
 
 def host_cpu(cpuinfo: str | None = None) -> dict:
     """The host CPU's model and the instruction-set extensions XLA compiles for, recorded with runs, banks and
-    cloned bases. Why: XLA compiles for the host's vector and matrix extensions, so CPU results repeat bit for bit
-    only on the same kind of CPU. The stack base cloned under one cache key (same code, seeds and pinned wheels)
+    cloned bases. Why: XLA compiles for the host's vector and matrix extensions, so CPU results need not repeat bit
+    for bit on another kind of CPU. The stack base cloned under one cache key (same code, seeds and pinned wheels)
     scored 94.5% nominal in sessions 9, 19 and 29 and 87.1% in session 34 on an AVX-512/AMX Xeon (docs/experiments.md);
     the earlier machines' CPUs were not recorded, the likeliest difference. `cpuinfo` is the text of /proc/cpuinfo
     (read when None; empty off Linux)."""

@@ -24,13 +24,15 @@ fine-tuned base's mean over the same cells. Runs of one task and method with dif
 also get an "Across seeds" section: each seed's cell, the mean of the seeds and their range, and a target line with
 every cell averaged over its seeds. Where cells recorded per-state outcomes for the same episodes, a "Paired
 comparisons" section tests ReCoVLA against each other column state by state (McNemar's exact test;
-experiments/report_paired.py). Writes report.md, report.csv (tidy: one line per task x row x method, numeric;
-seed rows carry their seed), paired.csv and report.png (bars with Wilson CIs) into --out. The notes also say how far each
-wrong-mask run's masks were from the right ones, and whether a ReCoVLA run's selector chose the oracle's masks (then
-an oracle-mask run on its bank and seed trains the same policies), and which baseline columns got their run's
-expert warm start (their labels are shared by every task and do not say it). A main-job method's ", expert warm
-start" runs share its column (one column per method) unless a task has runs of both; a note names the warm-started
-tasks. Runs nothing under JAX; it imports the task classes (and with them JAX) for their families and oracle masks.
+experiments/report_paired.py), and where both were run with several seeds, "Paired comparisons per seed" sets each
+seed's paired difference beside the others, with a t interval over seeds. Writes report.md, report.csv (tidy: one line
+per task x row x method, numeric; seed rows carry their seed), paired.csv and report.png (bars with Wilson CIs) into
+--out. The notes also say how far each wrong-mask run's masks were from the right ones, and whether a ReCoVLA run's
+selector chose the oracle's masks (then an oracle-mask run on its bank and seed trains the same policies), and which
+baseline columns got their run's expert warm start (their labels are shared by every task and do not say it). A
+main-job method's ", expert warm start" runs share its column (one column per method) unless a task has runs of both;
+a note names the warm-started tasks. Runs nothing under JAX; it imports the task classes (and with them JAX) for their
+families and oracle masks.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from experiments.report_paired import paired_markdown, paired_rows, write_paired_csv
+from experiments.report_paired import (paired_markdown, paired_rows, seed_paired_markdown, seed_paired_rows,
+                                      write_paired_csv)
 from recovla_jax.evaluation.paired import cells_agree, disagreement_reason
 from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, NATIVE_RECOVERY_TARGET
 
@@ -712,17 +715,18 @@ def build_report(runs: list[Path], out: Path, sim2sim_arm: str = "runtime_rules"
     tg = targets(table, rows, seeds=seeds)
     reference = {task: t["recovla_method"] for task, t in table.tasks.items() if t.get("recovla_method")}
     paired, unpaired = paired_rows([r for r in rows if r["kind"] == "mode"], methods, reference)
+    by_seed = seed_paired_rows(table.tasks, reference)
     md = write_markdown(table, methods, rows, out / "report.md", tg, seeds, plot=plot,
-                        paired=paired_markdown(paired, unpaired, table.labels))
+                        paired=paired_markdown(paired, unpaired, table.labels) + seed_paired_markdown(by_seed, table.labels))
     write_csv(table, methods, rows, out / "report.csv", seeds)
-    write_paired_csv(paired, table.labels, out / "paired.csv")
+    write_paired_csv(paired + [r for r in by_seed if r["kind"] == "seed"], table.labels, out / "paired.csv")
     if plot:
         write_plot(table, methods, rows, out / "report.png")
     else:
         (out / "report.png").unlink(missing_ok=True)  # an earlier report's plot would show other runs
     return {"markdown": out / "report.md", "csv": out / "report.csv", "png": out / "report.png" if plot else None,
             "methods": methods, "labels": table.labels, "rows": rows, "notes": table.notes, "text": md,
-            "targets": tg, "seeds": seeds, "paired": paired, "unpaired": unpaired}
+            "targets": tg, "seeds": seeds, "paired": paired, "unpaired": unpaired, "paired_by_seed": by_seed}
 
 
 def main(argv: list[str] | None = None) -> dict:

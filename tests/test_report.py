@@ -720,3 +720,44 @@ def test_the_report_pairs_recovla_with_each_column_that_ran_the_same_episodes(tm
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["only_reference"] for r in rows if r["method"] == "finetune"} == {"10", "1", "11"}
     assert [r["kind"] for r in rows].count("pooled") == 2  # a sum over a task's rows must skip them
+    assert rep["paired_by_seed"] == [] and "Paired comparisons per seed" not in text  # one seed: no per-seed section
+
+
+def test_the_report_sets_each_seed_s_paired_difference_beside_the_others(tmp_path):
+    """ReCoVLA and the full-reward residual on three seeds: each seed pairs its own two runs (pooled over the modes
+    that ran the same episodes), and the seeds' differences get a mean, a range and a t interval over seeds."""
+    from scipy.stats import t as student_t
+
+    from experiments.report import build_report
+
+    runs = []
+    # (ReCoVLA, full reward) successes out of 20 on missed_handle per seed; slipped_off pairs only on seed 0
+    for seed, (ours, full) in enumerate(((12, 8), (10, 14), (15, 9))):
+        ep = f"ep-{seed}"
+        recovla = {"missed_handle": _ps("1" * ours + "0" * (20 - ours), ep), "slipped_off": _ps("1" * 10 + "0" * 10, ep)}
+        run = _main_run(tmp_path, f"seed{seed}", selector="rules", seed=seed, recovla=recovla,
+                        base={m: _w(0, 20) for m in recovla})
+        other = {"missed_handle": _ps("1" * full + "0" * (20 - full), ep),
+                 "slipped_off": _ps("0" * 10 + "1" * 10, ep if seed == 0 else "elsewhere")}
+        _write(run / "baselines" / "residual-full" / "results.json", {
+            "method": "residual-full", "device": {"platform": "cpu"}, "modes": {m: {"policy": c} for m, c in other.items()}})
+        runs.append(run)
+    rep = build_report(runs, tmp_path / "r", plot=False)
+    rows = rep["paired_by_seed"]
+    seed_rows = [r for r in rows if r["kind"] == "seed"]
+    assert [(r["seed"], r["modes"], r["n"]) for r in seed_rows] == [(0, 2, 40), (1, 1, 20), (2, 1, 20)]
+    assert (seed_rows[0]["only_a"], seed_rows[0]["only_b"]) == (4 + 10, 10)  # missed_handle 12 vs 8, slipped_off swapped
+    across = next(r for r in rows if r["kind"] == "across-seeds")
+    d = np.array([4 / 40, -4 / 20, 6 / 20])
+    assert across["differences"] == pytest.approx(list(d)) and across["mean_difference"] == pytest.approx(d.mean())
+    half = student_t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert (across["ci_low"], across["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert (across["reference_ahead"], across["method_ahead"], across["range"]) == (2, 1, pytest.approx(0.5))
+    assert {r["method"] for r in rows} == {"residual-full"}  # the base column is not run per seed
+    text = rep["text"]
+    assert "## Paired comparisons per seed" in text
+    assert "| drawer | residual, full reward | seed 1, 1 paired mode(s) pooled | 20 | 10 | 14 | 0 | 4 | -20.0 pp |" in text
+    assert f"**+{100 * d.mean():.1f} pp** [{100 * (d.mean() - half):+.1f}, {100 * (d.mean() + half):+.1f}]" in text
+    with (tmp_path / "r" / "paired.csv").open() as f:
+        by_seed = [r for r in csv.DictReader(f) if r["kind"] == "seed"]
+    assert [(r["seed"], r["only_method"]) for r in by_seed] == [("0", "10"), ("1", "4"), ("2", "0")]

@@ -14,7 +14,8 @@ JAX's portable lowering (`stablehlo.cholesky`, which XLA's CPU compiler expands 
 LAPACK but measured 7x slower than LAPACK on 4096 12x12 systems here. So for real matrices up to
 `MAX_LOOPED_SIZE` this module lowers both primitives to a `fori_loop` over columns (rows for the solve)
 whose body is one batched matrix-vector product plus elementwise ops: no LAPACK custom call (XLA emits
-these tiny matvecs itself; the 1024-env drawer benchmark, which hung every time under LAPACK, ran through). Measured on 2 cores (`jit(vmap(10 x mjx.step))`, compile / steps per second):
+these tiny matvecs itself; the 1024-env drawer benchmark, which hung every time under LAPACK, ran through).
+Measured on 2 cores (`jit(vmap(10 x mjx.step))`, compile / steps per second):
 
 | scene (nv), envs      | unrolled at trace time | loop, elementwise body | loop, matvec body (this) |
 |-----------------------|------------------------|------------------------|--------------------------|

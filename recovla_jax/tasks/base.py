@@ -176,7 +176,8 @@ class Task(abc.ABC):
 
         if not self.has_rules():
             raise NotImplementedError(f"task {self.name!r} defines no offline diagnosis rules ({self.rules_module})")
-        verdict = import_module(self.rules_module).classify(obs)  # when no rule fires the closest story is named: a failure state is given
+        # When no rule fires the closest story is named: a failure state is given.
+        verdict = import_module(self.rules_module).classify(obs)
         return verdict.closest_mode, verdict.stage, verdict.reason
 
     def inject(self, model: mjx.Model, data: mjx.Data, mode: jnp.ndarray, rng: jax.Array) -> mjx.Data:

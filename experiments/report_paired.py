@@ -50,11 +50,14 @@ def paired_rows(mode_rows: list[dict], methods: list[str], reference_of: dict[st
             pooled.setdefault((r["task"], m), []).append(pair)
     for (task, m), pairs in pooled.items():
         if len(pairs) > 1:
-            a = np.concatenate([p[0] for p in pairs])
-            b = np.concatenate([p[1] for p in pairs])
-            rows.append(_row(task, f"all {len(pairs)} paired modes, pooled", "pooled", reference_of[task], m, a, b))
+            rows.append(_row(task, f"all {len(pairs)} paired modes, pooled", "pooled", reference_of[task], m, *_pool(pairs)))
     rows.sort(key=lambda x: (x["task"], x["method"], x["kind"] == "pooled"))
     return rows, unpaired
+
+
+def _pool(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Several modes' paired outcome arrays as one pair (every state once), for a pooled McNemar test."""
+    return np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])
 
 
 def _row(task: str, row: str, kind: str, ref: str, method: str, a: np.ndarray, b: np.ndarray) -> dict:
@@ -125,9 +128,8 @@ def seed_paired_rows(tasks: dict[str, dict], reference_of: dict[str, str]) -> li
                 pairs = [p for m in ref_cells if (p := paired_outcomes(ref_cells[m], method_cells.get(m))) is not None]
                 if not pairs:
                     continue
-                a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-                per_seed.append({**_row(task, f"seed {seed}, {len(pairs)} paired mode(s) pooled", "seed", ref, method, a, b),
-                                 "seed": seed, "modes": len(pairs)})
+                per_seed.append({**_row(task, f"seed {seed}, {len(pairs)} paired mode(s) pooled", "seed", ref, method,
+                                        *_pool(pairs)), "seed": seed, "modes": len(pairs)})
             if len(per_seed) >= 2:
                 rows += per_seed + [_across_seeds(task, ref, method, per_seed)]
     return rows

@@ -45,7 +45,7 @@ def log(msg: str) -> None:
 # is the default assumed for an older config.json without the key (RECORDED_ONLY: compared only where recorded).
 RECORDED_ONLY = object()
 RESUME_FIXED = {"num_envs": None, "policy": "per-mode", "desired_kl": None, "freeze_normalizer": False, "alpha": 1.0,
-                "episode_length": RECORDED_ONLY, "shaping_discount": "none"}
+                "episode_length": RECORDED_ONLY, "shaping_discount": "none", "actor_hidden": [256, 256]}
 
 
 def check_resume_matches(run_dir: Path, config: dict) -> None:
@@ -54,6 +54,7 @@ def check_resume_matches(run_dir: Path, config: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
+    config = json.loads(json.dumps(config, default=str))  # as config.json will hold it (tuples as lists)
     changed = [f"{k}: run {old.get(k, default)!r}, now {config.get(k, default)!r}" for k, default in RESUME_FIXED.items()
                if old.get(k, default) != config.get(k, default) and not (default is RECORDED_ONLY and k not in old)]
     if changed:
@@ -175,6 +176,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     randomization = None if args.no_randomization else DomainRandomization()
     ppo_cfg = PPOConfig(num_envs=d["num_envs"], unroll_length=args.unroll_length, total_timesteps=d["timesteps"],
                         seed=args.seed, checkpoint_every=args.checkpoint_every, learning_rate=args.learning_rate,
+                        actor_hidden=tuple(getattr(args, "actor_hidden", None) or (256, 256)),
                         entropy_coef=args.entropy_coef, gamma=args.gamma, init_log_std=args.init_log_std,
                         desired_kl=getattr(args, "desired_kl", None),
                         freeze_normalizer=bool(getattr(args, "freeze_normalizer", False)))

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.arg_types import fraction, non_negative_float, positive_int
+from experiments.arg_types import fraction, layer_widths, non_negative_float, positive_int
 from experiments.task_recipes import add_recipe_flag, parse_with_recipe
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-weight", action="append", default=[], type=reward_weight_arg, metavar="COMPONENT=WEIGHT",
                    help="set one reward component's weight in every mode's mask (repeatable; 0 drops it): an ablation "
                         "knob on top of the selector's masks, recorded in config.json")
+    # (256, 256) = PPOConfig's default, written out so --help stays free of JAX imports (a test pins the two together)
+    p.add_argument("--actor-hidden", type=layer_widths, default=(256, 256), metavar="W1,W2,...",
+                   help="hidden-layer widths of the residual actor (the critic keeps 256,256); the residual baselines "
+                        "use the run's, the fine-tuned base keeps the base network's (docs/experiments.md, session 36)")
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--desired-kl", type=non_negative_float, default=None, metavar="KL",
                    help="adapt the learning rate each PPO minibatch to keep the KL to the rollout policy near KL "

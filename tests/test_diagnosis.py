@@ -615,6 +615,15 @@ def test_expert_warm_start_switches_the_adaptive_learning_rate_and_frozen_normal
     for bad in ("0", "-5", "1.5", "x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args([f"--warm-start-fit-steps={bad}"])
+    # the residual actor's widths: PPO's default unless given; anything but positive whole widths is refused
+    from recovla_jax.training.ppo import PPOConfig
+
+    assert parsed().actor_hidden == PPOConfig.model_fields["actor_hidden"].default
+    assert parsed("--actor-hidden=512,512,512").actor_hidden == (512, 512, 512)
+    assert parsed("--actor-hidden= 64").actor_hidden == (64,)
+    for bad in ("0,256", "256,", "a,b", "-1", "1.5", ""):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([f"--actor-hidden={bad}"])
 
 
 def test_resume_refuses_options_that_would_not_continue_the_checkpointed_training(tmp_path):
@@ -634,6 +643,14 @@ def test_resume_refuses_options_that_would_not_continue_the_checkpointed_trainin
     (tmp_path / "config.json").write_text(json.dumps({"num_envs": 128, "policy": "per-mode", "episode_length": 80}))
     with pytest.raises(SystemExit, match="episode_length: run 80, now 160"):
         check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "episode_length": 160})
+    # the actor's widths set the checkpoint's layout: compared as config.json holds them (a list), a run from before the
+    # option had PPO's default
+    (tmp_path / "config.json").write_text(json.dumps({"num_envs": 128, "policy": "per-mode", "actor_hidden": [512, 512]}))
+    check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "actor_hidden": (512, 512)})
+    with pytest.raises(SystemExit, match=r"actor_hidden: run \[512, 512\], now \[256, 256\]"):
+        check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "actor_hidden": (256, 256)})
+    (tmp_path / "config.json").write_text(json.dumps({"num_envs": 128, "policy": "per-mode"}))
+    check_resume_matches(tmp_path, {"num_envs": 128, "policy": "per-mode", "actor_hidden": (256, 256)})
 
 
 def test_main_job_refuses_unknown_modes_and_components_before_any_work(tmp_path):
@@ -723,7 +740,7 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
     run = tmp_path / "run"
     train_main(["--task=drawer", f"--run-dir={run}", f"--bank-dir={tmp_path / 'bank'}", "--modes=missed_handle",
                 "--num-envs=8", "--timesteps=160", "--unroll-length=10", "--episode-length=20", "--diagnose-states=2",
-                "--checkpoint-every=1", "--expert-warm-start=1"])
+                "--checkpoint-every=1", "--expert-warm-start=1", "--actor-hidden=32,32"])
     results = json.loads((run / "results.json").read_text())
     # one DAgger round: the expert-guided rollouts, the fit's own, the fresh policy's and the fit sampled with PPO's
     # noise, 512 envs x 20 steps each, counted (neither succeeds within 20 steps, so the fit is kept); the warm start
@@ -763,6 +780,19 @@ def test_main_job_then_finetune_baseline_end_to_end_on_a_tiny_budget(drawer_task
     assert all("learning_rate" in m for m in ft_metrics)  # the run's adaptive learning rate, too
     # the baseline got the run's supervision: the same warm start, on the whole action
     assert record["label"].endswith(", expert warm start") and set(record["expert_warm_start"]["policies"]) == {"missed_handle"}
+
+    # --actor-hidden: the run's residual actor has the widths asked for, recorded where export and evaluation read them;
+    # a residual baseline trains the same network, the fine-tuned base keeps the base network
+    from recovla_jax.export.run_reader import dense_shapes, read_residual_checkpoint
+    from recovla_jax.policies.base_policy import bc_hidden
+
+    assert config["actor_hidden"] == [32, 32]
+    assert json.loads((run / "policies" / "missed_handle.json").read_text())["actor"]["hidden"] == [32, 32]
+    widths = lambda ckpt: [out_size for _, out_size in dense_shapes(read_residual_checkpoint(ckpt).actor_params)][:-1]  # noqa: E731
+    assert widths(run / "checkpoints" / "missed_handle") == [32, 32]
+    assert widths(out / "checkpoints" / "missed_handle") == list(bc_hidden(drawer_base_policy.params["net"]))
+    baselines_main([f"--run={run}", "--method=residual-full", "--nominal-episodes=0"])
+    assert widths(run / "baselines" / "residual-full" / "checkpoints" / "missed_handle") == [32, 32]
 
 
 def test_an_answer_appended_after_a_torn_cache_line_survives(tmp_path):

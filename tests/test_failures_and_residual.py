@@ -340,6 +340,15 @@ def test_expert_warm_start_imitates_the_expert_and_hands_ppo_a_fitted_state(draw
     assert report.rounds[1].samples == report.rounds[0].new_samples + report.rounds[1].new_samples
     assert all(r.own_success is not None for r in report.rounds)
     assert report.start_success == max(r.own_success for r in report.rounds)
+    # where each fit errs: per action dimension on all rows so far (their mean is the fit's loss, measured on the
+    # final parameters rather than averaged over the last minibatches), and from round 1 the previous fit's loss on
+    # the states its own rollouts reached, which the expert-guided round 0 has none of
+    for r in report.rounds:
+        assert list(r.actor_loss_by_action) == ["dx", "dy", "dz", "drx", "dry", "drz", "grip"]
+        assert all(v >= 0.0 for v in r.actor_loss_by_action.values())
+        assert 0.5 * r.actor_loss <= np.mean(list(r.actor_loss_by_action.values())) <= 2.0 * r.actor_loss
+    assert report.rounds[0].own_states_loss is None and report.rounds[1].own_states_loss > 0.0
+    assert any("the previous fit's on the states it reached" in line for line in lines)
     assert any("round 1/2" in line for line in lines)
     assert any(f"sampling with log-std {report.start_log_std}" in line for line in lines)
     np.testing.assert_allclose(ts.params["log_std"], report.start_log_std)

@@ -17,7 +17,11 @@ What it does, per policy, before PPO's first iteration:
    data covers the policy's own mistakes. Steps after success, and hand-back steps where the residual does
    not act, are left out.
 2. After each round the actor's mean is fitted (optax Adam, mean squared error after tanh, i.e. in the
-   env's executed-action space) on all data so far; the observation normaliser is updated with it.
+   env's executed-action space) on all data so far; the observation normaliser is updated with it. Each round
+   reports the fit's error per action dimension and, from round 1, the previous fit's error on the states its
+   own rollouts reached: on stack wrong_order the fits' own success followed that error (a wider actor halved
+   it and kept its fits from collapsing), while one fit's own success varied from 21% to 75% with the minibatch
+   order alone (docs/experiments.md, session 36).
 3. Each fit drives one more round of rollouts, which also measures its own success. As with the base's
    DAgger, success is not monotone over rounds, so PPO starts from the fit that succeeded most (with the
    normaliser it was fitted under). That fit is rolled out once more sampling actions as PPO will, with
@@ -98,6 +102,11 @@ class RoundReport(BaseModel):
     samples: int
     actor_loss: float  # after fitting, on the aggregated data
     own_success: float | None = None  # this round's fit, driving its own rollouts (the next round's, or a last one)
+    # Where the fit errs (docs/experiments.md, session 36: the fits' own success tracked these, not `actor_loss`):
+    # the previous fit's loss on the states its own rollouts reached this round, before refitting (None in round 0,
+    # driven by the expert), and the new fit's squared error per action dimension on the aggregated data.
+    own_states_loss: float | None = None
+    actor_loss_by_action: dict[str, float] = {}
 
 
 class WarmStartReport(BaseModel):
@@ -145,6 +154,21 @@ def _rollout_fn(trainer: PPOTrainer, env: Any, num_envs: int, steps: int) -> Cal
     return rollout
 
 
+ERROR_ROWS = 65_536  # rows the reported errors are measured on (evenly spaced): enough for a mean, quick on CPU
+
+
+def _error_rows(start: int, stop: int) -> np.ndarray:
+    """At most ERROR_ROWS row indices evenly spread over [start, stop)."""
+    return np.unique(np.linspace(start, stop - 1, min(stop - start, ERROR_ROWS)).astype(np.int64))
+
+
+def _action_names(size: int) -> list[str]:
+    """The gripper's action names where the action is the gripper's 7-D command, else a0, a1, ..."""
+    from recovla_jax.runtime.gripper import ACTION_NAMES
+
+    return list(ACTION_NAMES) if size == len(ACTION_NAMES) else [f"a{i}" for i in range(size)]
+
+
 def _discounted_returns(reward: np.ndarray, terminal: np.ndarray, gamma: float) -> np.ndarray:
     """Per-step returns (time-major arrays); an episode's return stops at its terminal step."""
     out = np.zeros_like(reward)
@@ -190,6 +214,8 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
         return jnp.mean((trainer.critic.apply(critic, trainer.normalize(normalizer, obs))[..., 0] - ret) ** 2)
 
     fit_actor = _fit_fn(actor_loss, optimizer, cfg.fit_steps, cfg.batch_size)
+    squared_error = jax.jit(lambda actor, normalizer, obs, target: jnp.mean(
+        (jnp.tanh(trainer.actor.apply(actor, trainer.normalize(normalizer, obs))) - target) ** 2, axis=0))
     fit_critic = _fit_fn(critic_loss, optimizer, cfg.fit_steps, cfg.batch_size)
     update_normalizer = jax.jit(lambda n, x, w: running_statistics.update(n, x, weights=w))
 
@@ -219,6 +245,10 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
         new = int(valid.sum())
         obs_buf[count:count + new] = out["obs"].reshape(-1, trainer.obs_size)[valid]
         target_buf[count:count + new] = out["target"].reshape(-1, trainer.action_size)[valid]
+        own_states_loss = None
+        if r > 0 and new > 0:
+            rows = _error_rows(count, count + new)
+            own_states_loss = float(jnp.mean(squared_error(params["actor"], normalizer, obs_buf[rows], target_buf[rows])))
         count += new
         if trainer.cfg.normalize_obs:
             normalizer = update_normalizer(normalizer, jnp.asarray(out["obs"].reshape(-1, trainer.obs_size)),
@@ -227,10 +257,15 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
             raise ValueError("the warm start's rollouts produced no training steps (every episode ended at once)")
         actor, loss = fit_actor(params["actor"], normalizer, obs_buf, target_buf, count, k_fit)
         params = {**params, "actor": actor}
+        rows = _error_rows(0, count)
+        by_action = np.asarray(squared_error(actor, normalizer, obs_buf[rows], target_buf[rows]))
         reports.append(RoundReport(round=r, executed="expert-guided" if r == 0 else "fitted policy",
-                                   success=success, new_samples=new, samples=count, actor_loss=float(loss)))
+                                   success=success, new_samples=new, samples=count, actor_loss=float(loss),
+                                   own_states_loss=own_states_loss,
+                                   actor_loss_by_action=dict(zip(_action_names(trainer.action_size), by_action.tolist()))))
+        shift = "" if own_states_loss is None else f" (the previous fit's on the states it reached: {own_states_loss:.4f})"
         log(f"expert warm start: round {r + 1}/{cfg.rounds} ({reports[-1].executed} rollouts, success {success:.1%}): "
-            f"{count:,} labelled steps, actor loss {float(loss):.4f} ({time.perf_counter() - t0:.1f} s"
+            f"{count:,} labelled steps, actor loss {float(loss):.4f}{shift} ({time.perf_counter() - t0:.1f} s"
             f"{'; the first round compiles' if r == 0 else ''})")
 
     # Like the base's DAgger, success is not monotone over rounds: PPO starts from the fit whose own rollouts

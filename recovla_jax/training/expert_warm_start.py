@@ -19,9 +19,9 @@ What it does, per policy, before PPO's first iteration:
 2. After each round the actor's mean is fitted (optax Adam, mean squared error after tanh, i.e. in the
    env's executed-action space) on all data so far; the observation normaliser is updated with it. Each round
    reports the fit's error per action dimension and, from round 1, the previous fit's error on the states its
-   own rollouts reached: on stack wrong_order the fits' own success followed that error (a wider actor halved
-   it and kept its fits from collapsing), while one fit's own success varied from 21% to 75% with the minibatch
-   order alone (docs/experiments.md, session 36).
+   own rollouts reached. The training loss alone misleads: on stack wrong_order a wider actor, whose fits did
+   not collapse after the first in the one run measured, had half the error on its own states, while one fit's
+   own success varied from 21% to 75% with the minibatch order alone (docs/experiments.md, session 36).
 3. Each fit drives one more round of rollouts, which also measures its own success. As with the base's
    DAgger, success is not monotone over rounds, so PPO starts from the fit that succeeded most (with the
    normaliser it was fitted under). That fit is rolled out once more sampling actions as PPO will, with
@@ -102,9 +102,9 @@ class RoundReport(BaseModel):
     samples: int
     actor_loss: float  # after fitting, on the aggregated data
     own_success: float | None = None  # this round's fit, driving its own rollouts (the next round's, or a last one)
-    # Where the fit errs (docs/experiments.md, session 36: the fits' own success tracked these, not `actor_loss`):
-    # the previous fit's loss on the states its own rollouts reached this round, before refitting (None in round 0,
-    # driven by the expert), and the new fit's squared error per action dimension on the aggregated data.
+    # Where the fit errs (docs/experiments.md, session 36): the previous fit's loss on the states its own rollouts
+    # reached this round, before refitting (None in round 0, driven by the expert), and the new fit's squared error
+    # per action dimension on the aggregated data.
     own_states_loss: float | None = None
     actor_loss_by_action: dict[str, float] = {}
 

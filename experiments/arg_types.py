@@ -75,14 +75,8 @@ def int_range(text: str) -> tuple[int, int]:
 
 def layer_widths(text: str) -> tuple[int, ...]:
     """Comma-separated hidden-layer widths, each a whole number >= 1 (e.g. "512,512,512")."""
-    parts = [t.strip() for t in text.split(",")]
-    widths = []
-    for part in parts:
-        try:
-            width = int(part)
-        except ValueError:
-            width = 0
-        if width < 1:
-            raise argparse.ArgumentTypeError(f"expected comma-separated layer widths >= 1 such as 512,512,512, got {text!r}")
-        widths.append(width)
-    return tuple(widths)
+    try:
+        return tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer widths >= 1 such as 512,512,512, got {text!r}") from None

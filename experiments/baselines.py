@@ -307,8 +307,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
                   checkpoint_every=int(config["checkpoint_every"]), learning_rate=float(config["learning_rate"]),
                   entropy_coef=float(config["entropy_coef"]), gamma=float(config["gamma"]),
                   desired_kl=config.get("desired_kl"), freeze_normalizer=bool(config.get("freeze_normalizer")),
-                  # the run's residual network (the fine-tuned base's actor is the base network whatever this says)
-                  actor_hidden=tuple(config.get("actor_hidden") or (256, 256)))
+                  # the run's residual network (older runs: the default); the fine-tuned base keeps the base network
+                  actor_hidden=tuple(config["actor_hidden"]))
     # The run's exploration noise unless overridden (load_run fills the main job's default into older runs).
     ppo_kw["init_log_std"] = float(args.init_log_std if args.init_log_std is not None else config["init_log_std"])
     ppo_cfg = PPOConfig(**ppo_kw)

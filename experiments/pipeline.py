@@ -176,7 +176,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     randomization = None if args.no_randomization else DomainRandomization()
     ppo_cfg = PPOConfig(num_envs=d["num_envs"], unroll_length=args.unroll_length, total_timesteps=d["timesteps"],
                         seed=args.seed, checkpoint_every=args.checkpoint_every, learning_rate=args.learning_rate,
-                        actor_hidden=tuple(getattr(args, "actor_hidden", None) or (256, 256)),
+                        actor_hidden=tuple(args.actor_hidden),
                         entropy_coef=args.entropy_coef, gamma=args.gamma, init_log_std=args.init_log_std,
                         desired_kl=getattr(args, "desired_kl", None),
                         freeze_normalizer=bool(getattr(args, "freeze_normalizer", False)))

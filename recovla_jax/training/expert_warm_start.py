@@ -206,16 +206,19 @@ def warm_start(trainer: PPOTrainer, ts: TrainingState, env: Any, cfg: WarmStartC
     rollout = _rollout_fn(trainer, env, cfg.num_envs, cfg.steps)
     optimizer = optax.adam(cfg.learning_rate)
 
+    def executed_unit(actor, normalizer, obs):
+        """The squashed output the env executes (the unit residual), which the targets are given in."""
+        return jnp.tanh(trainer.actor.apply(actor, trainer.normalize(normalizer, obs)))
+
     def actor_loss(actor, normalizer, obs, target):
-        mean = trainer.actor.apply(actor, trainer.normalize(normalizer, obs))
-        return jnp.mean((jnp.tanh(mean) - target) ** 2)
+        return jnp.mean((executed_unit(actor, normalizer, obs) - target) ** 2)
 
     def critic_loss(critic, normalizer, obs, ret):
         return jnp.mean((trainer.critic.apply(critic, trainer.normalize(normalizer, obs))[..., 0] - ret) ** 2)
 
     fit_actor = _fit_fn(actor_loss, optimizer, cfg.fit_steps, cfg.batch_size)
     squared_error = jax.jit(lambda actor, normalizer, obs, target: jnp.mean(
-        (jnp.tanh(trainer.actor.apply(actor, trainer.normalize(normalizer, obs))) - target) ** 2, axis=0))
+        (executed_unit(actor, normalizer, obs) - target) ** 2, axis=0))
     fit_critic = _fit_fn(critic_loss, optimizer, cfg.fit_steps, cfg.batch_size)
     update_normalizer = jax.jit(lambda n, x, w: running_statistics.update(n, x, weights=w))
 

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_config, start_policy, starts_description,
                                         train_policy, training_env, warm_start_record)
+from experiments.training_progress import success_by_phase
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -326,7 +327,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
     steps_per_policy = ppo_cfg.num_iterations * ppo_cfg.batch_size
     record.update(budget={**budget, "policies": len(groups), "total_env_steps": steps_per_policy * len(groups),
                           "run_num_envs": int(config["num_envs"]), "run_timesteps_per_policy": int(config["timesteps"])},
-                  full_reward_mask=mask, ppo=ppo_cfg.model_dump(mode="json"), curves={})
+                  full_reward_mask=mask, ppo=ppo_cfg.model_dump(mode="json"), curves={},
+                  training_success={})
     (out / "config.json").write_text(json.dumps({"args": vars(args), "budget": record["budget"], "ppo": record["ppo"],
                                                  "full_reward_mask": mask, "run_config": config}, indent=2, default=str))
     what = ("fine-tuning the base (full action, initialised from the BC base)" if finetune
@@ -361,6 +363,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
         ts, record["curves"][name] = train_policy(name, f"{args.method}/{name}", trainer, policy_cfg, console=console,
                                                   sink=sink, checkpoint_dir=ckpt_dir, resume=args.resume,
                                                   warm_start=warm)
+        record["training_success"][name] = success_by_phase(record["curves"][name])
         params_by_group[name] = jax.device_get((ts.params, ts.normalizer))
     writer.close()
     if warm_rounds:

@@ -18,6 +18,7 @@ from experiments.policy_training import (MetricsSink, has_checkpoint, plain_ppo_
                                         train_policy, training_env, warm_start_record)
 from experiments.report import trained_arm_label
 from experiments.task_recipes import describe_recipe
+from experiments.training_progress import success_by_phase
 from recovla_jax.evaluation.recovery import STATE_KEYS, RecoveryEvaluator, evaluation_keys
 from recovla_jax.evaluation.stats import MIN_TRIALS_PER_CELL, MJX_RECOVERY_TARGET, wilson
 from recovla_jax.failures import expert_paths
@@ -194,7 +195,8 @@ def run_pipeline(args: argparse.Namespace) -> Path:
     writer = SummaryWriter(str(run_dir / "tensorboard")) if jax.process_index() == 0 else None
     sink = MetricsSink(writer, run_dir / "metrics.jsonl") if writer is not None else None
     results: dict = {"task": task.name, "policy": args.policy, "selector": diagnosis["selector"], "mask": args.mask,
-                     "diagnosis": diagnosis["per_mode"], "modes": {}, "curves": {}}
+                     "diagnosis": diagnosis["per_mode"], "modes": {}, "curves": {},
+                     "training_success": {}}
     policy_params = {}
     warm_reports: dict = {}
     min_teacher = float(getattr(args, "warm_start_min_teacher", 0.0) or 0.0)
@@ -232,6 +234,7 @@ def run_pipeline(args: argparse.Namespace) -> Path:
         if jax.process_index() == 0:
             write_policy_bundle(run_dir, name, modes, task, base, env, policy_cfg, args, descriptors)
         results["curves"][name] = curve
+        results["training_success"][name] = success_by_phase(curve)
 
     # 6. evaluation on held-out failure states: one compiled program for every mode and both arms
     eval_random = None if args.no_randomization else DomainRandomization()

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments.report import trained_arm_label  # noqa: E402
+from experiments.training_progress import success_by_phase  # noqa: E402
 
 
 def write_learning_curves(curves: dict[str, list[dict]], path: Path, settle_steps: int = 0) -> None:
@@ -23,8 +24,15 @@ def write_learning_curves(curves: dict[str, list[dict]], path: Path, settle_step
     for name, curve in curves.items():
         settled = [m for m in curve if m["env_steps"] >= settle_steps]
         steps = [m["env_steps"] for m in settled]
-        axes[0].plot(steps, [m.get("episode/sum_reward", float("nan")) for m in settled], label=name)
-        axes[1].plot(steps, [m.get("episode/success", float("nan")) for m in settled], label=name)
+        # Each iteration's means are over the few episodes that ended in it (faint); the line pooled by episode
+        # over each twentieth of the run is the one to read.
+        step_of = {m["iteration"]: m["env_steps"] for m in settled}
+        pooled = [p for p in success_by_phase(settled, 20) if p["episodes"]]
+        centres = [0.5 * (step_of[p["iterations"][0]] + step_of[p["iterations"][1]]) for p in pooled]
+        for ax, key, pooled_key in ((axes[0], "episode/sum_reward", "mean_return"), (axes[1], "episode/success", "success")):
+            line, = ax.plot(steps, [m.get(key, float("nan")) for m in settled], alpha=0.3)
+            ax.plot(centres, [p[pooled_key] for p in pooled], color=line.get_color(), marker="o", markersize=3,
+                    linewidth=2, label=f"{name} (pooled over each 1/20 of the run)")
     since = f" from {settle_steps:,} steps (every env has finished an episode)" if settle_steps else ""
     axes[0].set(xlabel="env steps", ylabel="mean episode return", title="return" + since)
     axes[1].set(xlabel="env steps", ylabel="success rate of finished episodes", title="training success" + since, ylim=(0, 1))
@@ -97,6 +105,25 @@ def _protocol_lines(results: dict) -> list[str]:
     return lines
 
 
+def training_success_lines(curves: dict[str, list[dict]], phases: int = 10) -> list[str]:
+    """A markdown section: each policy's training success pooled by episodes over `phases` slices of its PPO
+    iterations, so that whether PPO raised or lowered a warm-started policy's success reads off one row."""
+    rows = {name: success_by_phase(curve, phases) for name, curve in curves.items() if curve}
+    if not rows:
+        return []
+    width = max(len(r) for r in rows.values())
+    lines = ["## Training success over the run", "",
+             f"Training episodes from the train states, pooled by episode over {width} equal slices of each policy's PPO "
+             "iterations (success % and the number of episodes that ended in the slice). The first slice also counts "
+             "the episodes that ended before every env had finished one, mostly short successes.", "",
+             "| policy | " + " | ".join(f"slice {i + 1}" for i in range(width)) + " |",
+             "|---|" + "---|" * width]
+    for name, row in rows.items():
+        cells = [("-" if p["success"] is None else f"{100 * p['success']:.1f}%") + f" ({p['episodes']})" for p in row]
+        lines.append(f"| {name} | " + " | ".join(cells + [""] * (width - len(cells))) + " |")
+    return lines + [""]
+
+
 def write_summary(results: dict, config: dict, path: Path) -> None:
     arm = trained_arm_label(results["selector"], results.get("mask"))
     lines = [
@@ -152,5 +179,5 @@ def write_summary(results: dict, config: dict, path: Path) -> None:
     for m, s in results["bank"]["collection"].items():
         lines.append(f"| {m} | {s['candidates']} | {s['label_matches_injector']} | {s['base_recovers_by_itself']} | "
                      f"{s['kept_base_failures']} |")
-    lines += ["", "![learning curves](learning_curves.png)", ""]
+    lines += ["", *training_success_lines(results.get("curves") or {}), "![learning curves](learning_curves.png)", ""]
     path.write_text("\n".join(lines))

@@ -4,7 +4,8 @@ most recent finished episodes with their count.
 Each iteration's metrics hold the means over the episodes that ended in it, often none or one (stack: 128
 envs x 300-step episodes end about one episode per iteration). Showing the last iteration's mean read
 "success 100.0%" for a policy whose only early episode was a lucky short one and that then never succeeded
-(held-out 0.8%); the bar now pools the last `window` finished episodes and says how many that is.
+(held-out 0.8%); the bar now pools the last `window` finished episodes and says how many that is. For the same reason a
+run's training success over time is pooled by episodes (`success_by_phase`), never averaged over iterations.
 """
 
 from __future__ import annotations
@@ -40,6 +41,36 @@ class RecentEpisodes:
         if n == 0:
             return float("nan"), float("nan")
         return sum(b[1] for b in self.batches) / n, sum(b[2] for b in self.batches) / n
+
+
+def success_by_phase(curve: list[dict], phases: int = 10) -> list[dict]:
+    """Training success pooled over the episodes that ended in each of `phases` equal, consecutive slices of a
+    policy's logged iterations: [{"iterations": [first, last], "episodes": n, "success": rate or None,
+    "mean_return": mean episode return or None}].
+
+    Why episode-weighted: most iterations of a 300-step task end zero or one episode, so a plain mean over
+    iterations lets a lone early success count as much as a hundred later episodes. Session 31 concluded from
+    such a mean that PPO lowered wrong_order's training success; weighted by episodes it had raised it.
+    """
+    if phases < 1:
+        raise ValueError(f"phases={phases} must be >= 1")
+    if not curve:
+        return []
+    slices = min(phases, len(curve))
+    bounds = [round(i * len(curve) / slices) for i in range(slices + 1)]
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        episodes, successes, returns = 0.0, 0.0, 0.0
+        for metrics in curve[lo:hi]:
+            n = float(metrics.get("episode/count", 0.0) or 0.0)
+            if n > 0:
+                episodes += n
+                successes += n * float(metrics["episode/success"])
+                returns += n * float(metrics["episode/sum_reward"])
+        out.append({"iterations": [int(curve[lo]["iteration"]), int(curve[hi - 1]["iteration"])],
+                    "episodes": int(round(episodes)), "success": successes / episodes if episodes else None,
+                    "mean_return": returns / episodes if episodes else None})
+    return out
 
 
 class TrainingProgress:

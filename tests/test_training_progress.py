@@ -2,9 +2,10 @@
 
 import math
 
+import pytest
 from rich.console import Console
 
-from experiments.training_progress import RecentEpisodes, TrainingProgress
+from experiments.training_progress import RecentEpisodes, TrainingProgress, success_by_phase
 
 
 def _m(count, ret=0.0, success=0.0):
@@ -40,3 +41,29 @@ def test_a_resumed_bar_starts_where_the_logged_iterations_left_it():
         bar.replay(logged)
         task = bar.progress.tasks[0]
         assert task.completed == 2 and task.fields["n"] == 4 and task.fields["succ"] == 0.5
+
+
+def test_success_by_phase_pools_episodes_not_iterations():
+    """A lone early success must not weigh as much as many later failures (session 31's unweighted mean did)."""
+    nan = float("nan")
+    curve = [{"iteration": i + 1, **_m(n, ret=r, success=s)} for i, (n, r, s) in enumerate(
+        [(1, 10.0, 1.0), (0, nan, nan), (9, -1.0, 0.0), (2, 3.0, 0.5), (2, 1.0, 0.5), (0, nan, nan)])]
+    first, second = success_by_phase(curve, phases=2)
+    assert first == {"iterations": [1, 3], "episodes": 10, "success": 0.1, "mean_return": 0.1}  # not 0.5 and 4.5
+    assert second == {"iterations": [4, 6], "episodes": 4, "success": 0.5, "mean_return": 2.0}
+    assert [p["iterations"] for p in success_by_phase(curve, phases=10)] == [[i, i] for i in range(1, 7)]
+    assert success_by_phase(curve, phases=10)[1] == {"iterations": [2, 2], "episodes": 0, "success": None, "mean_return": None}
+    assert success_by_phase([], phases=3) == []
+    with pytest.raises(ValueError, match="phases=0"):
+        success_by_phase(curve, phases=0)
+
+
+def test_the_summary_shows_each_policy_s_training_success_by_slice():
+    from experiments.summary import training_success_lines
+
+    assert training_success_lines({}) == [] and training_success_lines({"a": []}) == []
+    curve = [{"iteration": i + 1, **_m(1, success=float(i >= 2))} for i in range(4)]
+    lines = training_success_lines({"a": curve, "b": curve[:1]}, phases=2)
+    assert lines[0] == "## Training success over the run"
+    assert "| policy | slice 1 | slice 2 |" in lines
+    assert "| a | 0.0% (2) | 100.0% (2) |" in lines and "| b | 0.0% (1) |  |" in lines

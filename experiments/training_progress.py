@@ -10,6 +10,7 @@ run's training success over time is pooled by episodes (`success_by_phase`), nev
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 
 from rich.console import Console
@@ -60,16 +61,13 @@ def success_by_phase(curve: list[dict], phases: int = 10) -> list[dict]:
     bounds = [round(i * len(curve) / slices) for i in range(slices + 1)]
     out = []
     for lo, hi in zip(bounds, bounds[1:]):
-        episodes, successes, returns = 0.0, 0.0, 0.0
+        pool = RecentEpisodes(window=sys.maxsize)  # a window no slice fills: every episode of the slice counts
         for metrics in curve[lo:hi]:
-            n = float(metrics.get("episode/count", 0.0) or 0.0)
-            if n > 0:
-                episodes += n
-                successes += n * float(metrics["episode/success"])
-                returns += n * float(metrics["episode/sum_reward"])
+            pool.add(metrics)
+        mean_return, success = pool.means()
         out.append({"iterations": [int(curve[lo]["iteration"]), int(curve[hi - 1]["iteration"])],
-                    "episodes": int(round(episodes)), "success": successes / episodes if episodes else None,
-                    "mean_return": returns / episodes if episodes else None})
+                    "episodes": pool.count, "success": success if pool.count else None,
+                    "mean_return": mean_return if pool.count else None})
     return out
 
 
